@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# floe's test command: installs what is missing, builds, starts one Kafka broker and one PostgreSQL
+# server for the whole run, runs the Rust tests and the Python tests, stops everything.
+#
+#   ./scripts/test.sh                 everything
+#   ./scripts/test.sh rust [ARGS...]  only `cargo test --locked ARGS...`
+#   ./scripts/test.sh py [ARGS...]    only `pytest -q tests/py ARGS...`
+#
+# Tests find the services and the binary through these variables:
+#   FLOE_TEST_KAFKA     bootstrap address, 127.0.0.1:<port>
+#   FLOE_TEST_POSTGRES  postgresql://floe:floe@127.0.0.1:<port>/floe
+#   FLOE_BIN            the floe binary ($CARGO_TARGET_DIR/debug/floe)
+#   FLOE_REPO           the repository root
+# CARGO_TARGET_DIR defaults to ~/.cache/floe/target (a build cache outside the clone).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+T0=$SECONDS
+
+say() { echo "test.sh: $*" >&2; }
+die() { echo "test.sh: $*" >&2; exit 1; }
+
+suite="${1:-all}"
+[[ $# -gt 0 ]] && shift
+case "$suite" in
+  all) [[ $# -eq 0 ]] || die "extra arguments only go with 'rust' or 'py' (got: $*)" ;;
+  rust | py) ;;
+  -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+  *) die "unknown suite '$suite': use rust, py or nothing (both)" ;;
+esac
+run_rust=false run_py=false
+[[ $suite == all || $suite == rust ]] && run_rust=true
+[[ $suite == all || $suite == py ]] && run_py=true
+
+# --- what the machine needs ---------------------------------------------------------------
+apt_updated=false
+apt_install() { # PKG... : installs those not already installed
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  [[ $(id -u) -eq 0 ]] || die "missing Debian packages: ${missing[*]} (run as root, or apt-get install -y them)"
+  say "installing ${missing[*]}..."
+  export DEBIAN_FRONTEND=noninteractive
+  local out
+  out="$(mktemp)"
+  if ! $apt_updated; then
+    apt-get update -qq >"$out" 2>&1 || { cat "$out" >&2; die "apt-get update failed"; }
+    apt_updated=true
+  fi
+  apt-get install -y -qq "${missing[@]}" >"$out" 2>&1 || { tail -n 30 "$out" >&2; die "apt-get install -y ${missing[*]} failed"; }
+  rm -f "$out"
+}
+
+apt_install build-essential cmake pkg-config libssl-dev libsasl2-dev zlib1g-dev libcurl4-openssl-dev \
+  postgresql python3-venv
+command -v java >/dev/null || apt_install openjdk-17-jre-headless
+command -v mvn >/dev/null || apt_install maven
+
+if ! command -v cargo >/dev/null; then
+  [[ -x "$HOME/.cargo/bin/cargo" ]] && export PATH="$HOME/.cargo/bin:$PATH"
+  command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (see Cargo.toml rust-version)"
+fi
+
+VENV="$(scripts/python-env.sh | tail -n 1)"
+scripts/kafka.sh fetch
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/floe/target}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+# --- services: started now, in the background, so they boot while cargo builds ------------------
+WORK="$(mktemp -d -t floe-test.XXXXXX)"
+chmod 755 "$WORK" # the PostgreSQL server runs as user postgres and must enter it
+kafka_job="" pg_job="" summary="" service_logs=false
+
+# shellcheck disable=SC2317 # invoked by the EXIT trap
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  # A start still in progress finishes (bounded by its own deadline) so that it can be stopped.
+  if [[ -n $kafka_job ]]; then wait "$kafka_job" 2>/dev/null || true; fi
+  if [[ -n $pg_job ]]; then wait "$pg_job" 2>/dev/null || true; fi
+  if ((rc != 0)) && $service_logs; then
+    local f
+    for f in "$WORK/kafka.start.log" "$WORK/kafka/kafka.log" "$WORK/pg.start.log" "$WORK/pg/postgres.log"; do
+      [[ -s $f ]] || continue
+      echo "---- last lines of $f ----" >&2
+      tail -n 25 "$f" >&2
+    done
+  fi
+  scripts/kafka.sh stop "$WORK/kafka" 2>/dev/null || say "could not stop Kafka in $WORK/kafka"
+  scripts/postgres.sh stop "$WORK/pg" 2>/dev/null || say "could not stop PostgreSQL in $WORK/pg"
+  rm -rf "$WORK"
+  if [[ -n $summary ]]; then say "$summary"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Generous: the broker boots while rustc keeps both cores busy.
+FLOE_KAFKA_START_TIMEOUT="${FLOE_KAFKA_START_TIMEOUT:-180}" scripts/kafka.sh start "$WORK/kafka" >"$WORK/kafka.start.log" 2>&1 &
+kafka_job=$!
+scripts/postgres.sh start "$WORK/pg" >"$WORK/pg.start.log" 2>&1 &
+pg_job=$!
+
+# --- build ---------------------------------------------------------------------------------
+say "cargo build --locked --bins --tests (target dir $CARGO_TARGET_DIR)"
+t=$SECONDS
+if ! cargo build --locked --bins --tests --quiet; then
+  summary="summary: cargo build FAILED; no tests ran"
+  exit 1
+fi
+say "build done in $((SECONDS - t)) s"
+export FLOE_BIN="$CARGO_TARGET_DIR/debug/floe"
+[[ -x $FLOE_BIN ]] || die "build succeeded but $FLOE_BIN is missing"
+export FLOE_REPO="$REPO"
+
+service_logs=true # from here on, a failure may be the services' doing: show their logs
+wait "$kafka_job" || { kafka_job=""; die "Kafka did not start"; }
+kafka_job=""
+wait "$pg_job" || { pg_job=""; die "PostgreSQL did not start"; }
+pg_job=""
+FLOE_TEST_KAFKA="$(cat "$WORK/kafka/bootstrap")"
+FLOE_TEST_POSTGRES="$(cat "$WORK/pg/uri")"
+export FLOE_TEST_KAFKA FLOE_TEST_POSTGRES
+say "Kafka at $FLOE_TEST_KAFKA, PostgreSQL at $FLOE_TEST_POSTGRES"
+
+# --- tests: both suites run even if the first fails -----------------------------------------
+rust_status="skipped" py_status="skipped" failed=0
+if $run_rust; then
+  say "cargo test --locked${*:+ $*}"
+  if cargo test --locked "$@"; then rust_status="passed"; else rust_status="FAILED(exit $?)"; failed=1; fi
+fi
+if $run_py; then
+  say "pytest -q tests/py${*:+ $*}"
+  # Exit 5 means no test was collected: a failure here, since tests/py always has tests.
+  if "$VENV/bin/pytest" -q tests/py "$@"; then py_status="passed"; else py_status="FAILED(exit $?)"; failed=1; fi
+fi
+
+# Printed last, by cleanup (after the service logs, if something failed).
+summary="summary: rust tests ${rust_status}, python tests ${py_status}; $((SECONDS - T0)) s in all"
+exit "$failed"

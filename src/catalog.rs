@@ -1,0 +1,433 @@
+//! The catalog: where each table's current metadata file is recorded, and the atomic swap that
+//! makes a new metadata file current.
+//!
+//! The SQL catalog keeps the database layout of Java's `JdbcCatalog` (schema version V1, with
+//! `iceberg_type`), which Trino's `iceberg.catalog.type=jdbc` and pyiceberg's `SqlCatalog` read
+//! and write too, so they can all share one catalog. floe talks to the database itself rather than
+//! through the `iceberg` crate's catalog, because its commit engine needs the bare conditional swap
+//! ("set metadata_location to B where it is still A") on exactly the metadata it checked; the
+//! crate's `update_table` reloads the table and re-applies the commit on whatever it finds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use iceberg::io::{FileIO, FileIOBuilder, LocalFsStorageFactory};
+use iceberg::spec::TableMetadata;
+use iceberg::MetadataLocation;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+
+use crate::config::{CatalogUri, Config, TableName};
+
+const TABLES: &str = "iceberg_tables";
+const NAMESPACE_PROPERTIES: &str = "iceberg_namespace_properties";
+/// `iceberg_type` value of a table row (Java's JdbcCatalog V1 schema; views use `VIEW`).
+const TABLE_RECORD_TYPE: &str = "TABLE";
+
+/// What went wrong talking to the catalog, classified so callers can act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The database could not be reached or answered with an error; retrying may help.
+    #[error("catalog {uri}: {message}")]
+    Unavailable { uri: String, message: String },
+    #[error("table {table} does not exist in catalog {catalog:?} ({uri}); create it with `floe table create`")]
+    NoSuchTable {
+        table: String,
+        catalog: String,
+        uri: String,
+    },
+    #[error("table {table} already exists in catalog {catalog:?}")]
+    AlreadyExists { table: String, catalog: String },
+    /// Reading or writing a metadata file failed.
+    #[error("table {table}: metadata file {location}: {message}")]
+    Metadata {
+        table: String,
+        location: String,
+        message: String,
+    },
+}
+
+impl CatalogError {
+    /// Whether the same call may succeed later (network, database restart, storage hiccup).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CatalogError::Unavailable { .. } | CatalogError::Metadata { .. })
+    }
+}
+
+/// The outcome of a conditional swap. Losing the race is a normal outcome, not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Swap {
+    /// The new metadata file is now current.
+    Done,
+    /// Someone else committed first: the current location is no longer the expected one.
+    Conflict,
+}
+
+/// A table as loaded: its current metadata and where that metadata lives.
+#[derive(Debug, Clone)]
+pub struct LoadedTable {
+    pub name: TableName,
+    pub metadata_location: String,
+    pub metadata: TableMetadata,
+}
+
+/// A SQL catalog (SQLite or PostgreSQL) in the JDBC layout, plus the file IO for its warehouse.
+#[derive(Clone)]
+pub struct Catalog {
+    pool: AnyPool,
+    name: String,
+    uri: CatalogUri,
+    warehouse: String,
+    file_io: FileIO,
+    dollar_params: bool,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("name", &self.name)
+            .field("uri", &self.uri)
+            .field("warehouse", &self.warehouse)
+            .finish()
+    }
+}
+
+impl Catalog {
+    /// Connects to the configured catalog and creates its two tables if they are missing.
+    pub async fn open(config: &Config) -> Result<Catalog, CatalogError> {
+        Self::connect(config.catalog_uri(), config.catalog_name(), &config.warehouse()).await
+    }
+
+    pub async fn connect(uri: CatalogUri, name: &str, warehouse: &str) -> Result<Catalog, CatalogError> {
+        install_default_drivers();
+        let unavailable = |e: &dyn std::fmt::Display| CatalogError::Unavailable {
+            uri: uri.to_string(),
+            message: e.to_string(),
+        };
+        if let CatalogUri::Sqlite(path) = &uri
+            && let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| CatalogError::Unavailable {
+                uri: uri.to_string(),
+                message: format!("cannot create directory {}: {e}", dir.display()),
+            })?;
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&uri.connect_string())
+            .await
+            .map_err(|e| CatalogError::Unavailable {
+                uri: uri.to_string(),
+                message: format!("cannot connect: {}", crate::config::redact_uri(&e.to_string())),
+            })?;
+        let dollar_params = matches!(uri, CatalogUri::Postgres(_));
+        for ddl in [
+            format!(
+                "CREATE TABLE IF NOT EXISTS {TABLES} (
+                    catalog_name VARCHAR(255) NOT NULL,
+                    table_namespace VARCHAR(255) NOT NULL,
+                    table_name VARCHAR(255) NOT NULL,
+                    metadata_location VARCHAR(1000),
+                    previous_metadata_location VARCHAR(1000),
+                    iceberg_type VARCHAR(5),
+                    PRIMARY KEY (catalog_name, table_namespace, table_name))"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {NAMESPACE_PROPERTIES} (
+                    catalog_name VARCHAR(255) NOT NULL,
+                    namespace VARCHAR(255) NOT NULL,
+                    property_key VARCHAR(255),
+                    property_value VARCHAR(1000),
+                    PRIMARY KEY (catalog_name, namespace, property_key))"
+            ),
+        ] {
+            sqlx::query(&ddl).execute(&pool).await.map_err(|e| unavailable(&e))?;
+        }
+        let file_io = FileIOBuilder::new(Arc::new(LocalFsStorageFactory)).build();
+        Ok(Catalog {
+            pool,
+            name: name.to_owned(),
+            uri,
+            warehouse: warehouse.trim_end_matches('/').to_owned(),
+            file_io,
+            dollar_params,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn uri(&self) -> &CatalogUri {
+        &self.uri
+    }
+
+    pub fn file_io(&self) -> &FileIO {
+        &self.file_io
+    }
+
+    /// The default location of a new table: `<warehouse>/<namespace parts>/<table>`.
+    pub fn default_location(&self, table: &TableName) -> String {
+        format!("{}/{}/{}", self.warehouse, table.namespace.join("/"), table.name)
+    }
+
+    /// Rewrites `?` placeholders as `$1, $2, ...` for PostgreSQL.
+    fn sql(&self, query: &str) -> String {
+        if !self.dollar_params {
+            return query.to_owned();
+        }
+        let mut out = String::with_capacity(query.len() + 8);
+        let mut n = 0;
+        for c in query.chars() {
+            if c == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> CatalogError {
+        CatalogError::Unavailable {
+            uri: self.uri.to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Creates the namespace if it does not exist (the way JdbcCatalog does: an `exists` property).
+    pub async fn ensure_namespace(&self, namespace: &[String]) -> Result<(), CatalogError> {
+        let ns = namespace.join(".");
+        let existing = sqlx::query(&self.sql(&format!(
+            "SELECT 1 FROM {NAMESPACE_PROPERTIES} WHERE catalog_name = ? AND namespace = ?
+             UNION SELECT 1 FROM {TABLES} WHERE catalog_name = ? AND table_namespace = ?"
+        )))
+        .bind(&self.name)
+        .bind(&ns)
+        .bind(&self.name)
+        .bind(&ns)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.unavailable(e))?;
+        if existing.is_some() {
+            return Ok(());
+        }
+        let inserted = sqlx::query(&self.sql(&format!(
+            "INSERT INTO {NAMESPACE_PROPERTIES} (catalog_name, namespace, property_key, property_value)
+             VALUES (?, ?, 'exists', 'true')"
+        )))
+        .bind(&self.name)
+        .bind(&ns)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            // Another process created it at the same moment: that is what we wanted.
+            Err(e) if is_unique_violation(&e) => Ok(()),
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    /// All tables of this catalog, optionally only those of one namespace, sorted.
+    pub async fn list_tables(&self, namespace: Option<&str>) -> Result<Vec<TableName>, CatalogError> {
+        let rows = match namespace {
+            Some(ns) => sqlx::query(&self.sql(&format!(
+                "SELECT table_namespace, table_name FROM {TABLES}
+                 WHERE catalog_name = ? AND table_namespace = ?
+                   AND (iceberg_type = '{TABLE_RECORD_TYPE}' OR iceberg_type IS NULL)"
+            )))
+            .bind(&self.name)
+            .bind(ns)
+            .fetch_all(&self.pool)
+            .await,
+            None => sqlx::query(&self.sql(&format!(
+                "SELECT table_namespace, table_name FROM {TABLES}
+                 WHERE catalog_name = ?
+                   AND (iceberg_type = '{TABLE_RECORD_TYPE}' OR iceberg_type IS NULL)"
+            )))
+            .bind(&self.name)
+            .fetch_all(&self.pool)
+            .await,
+        }
+        .map_err(|e| self.unavailable(e))?;
+        let mut names = Vec::with_capacity(rows.len());
+        for row in rows {
+            let ns: String = row.try_get(0).map_err(|e| self.unavailable(e))?;
+            let name: String = row.try_get(1).map_err(|e| self.unavailable(e))?;
+            names.push(TableName {
+                namespace: ns.split('.').map(str::to_owned).collect(),
+                name,
+            });
+        }
+        names.sort_by_key(|t| t.to_string());
+        Ok(names)
+    }
+
+    /// The current metadata location of a table, if it exists.
+    pub async fn current_location(&self, table: &TableName) -> Result<Option<String>, CatalogError> {
+        let row = sqlx::query(&self.sql(&format!(
+            "SELECT metadata_location FROM {TABLES}
+             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?
+               AND (iceberg_type = '{TABLE_RECORD_TYPE}' OR iceberg_type IS NULL)"
+        )))
+        .bind(&self.name)
+        .bind(table.namespace_str())
+        .bind(&table.name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.unavailable(e))?;
+        match row {
+            Some(row) => Ok(Some(row.try_get::<String, _>(0).map_err(|e| self.unavailable(e))?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn table_exists(&self, table: &TableName) -> Result<bool, CatalogError> {
+        Ok(self.current_location(table).await?.is_some())
+    }
+
+    /// Loads a table's current metadata.
+    pub async fn load(&self, table: &TableName) -> Result<LoadedTable, CatalogError> {
+        let location = self
+            .current_location(table)
+            .await?
+            .ok_or_else(|| CatalogError::NoSuchTable {
+                table: table.to_string(),
+                catalog: self.name.clone(),
+                uri: self.uri.to_string(),
+            })?;
+        let metadata = TableMetadata::read_from(&self.file_io, &location)
+            .await
+            .map_err(|e| CatalogError::Metadata {
+                table: table.to_string(),
+                location: location.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(LoadedTable {
+            name: table.clone(),
+            metadata_location: location,
+            metadata,
+        })
+    }
+
+    /// Registers a new table whose first metadata is `metadata`.
+    pub async fn create(&self, table: &TableName, metadata: TableMetadata) -> Result<LoadedTable, CatalogError> {
+        self.ensure_namespace(&table.namespace).await?;
+        if self.table_exists(table).await? {
+            return Err(self.already_exists(table));
+        }
+        let location = MetadataLocation::new_with_metadata(metadata.location(), &metadata);
+        self.write_metadata(table, &metadata, &location).await?;
+        let location = location.to_string();
+        let inserted = sqlx::query(&self.sql(&format!(
+            "INSERT INTO {TABLES}
+               (catalog_name, table_namespace, table_name, metadata_location, previous_metadata_location, iceberg_type)
+             VALUES (?, ?, ?, ?, NULL, '{TABLE_RECORD_TYPE}')"
+        )))
+        .bind(&self.name)
+        .bind(table.namespace_str())
+        .bind(&table.name)
+        .bind(&location)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(_) => Ok(LoadedTable {
+                name: table.clone(),
+                metadata_location: location,
+                metadata,
+            }),
+            Err(e) => {
+                // Nobody will ever reference the file we wrote.
+                let _ = self.file_io.delete(&location).await;
+                if is_unique_violation(&e) {
+                    Err(self.already_exists(table))
+                } else {
+                    Err(self.unavailable(e))
+                }
+            }
+        }
+    }
+
+    fn already_exists(&self, table: &TableName) -> CatalogError {
+        CatalogError::AlreadyExists {
+            table: table.to_string(),
+            catalog: self.name.clone(),
+        }
+    }
+
+    /// Writes `metadata` as the table's next metadata file and makes it current if, and only if,
+    /// the current metadata is still `base`. This is the only synchronisation between writers.
+    /// On conflict the written file is deleted, since nothing references it.
+    pub async fn swap(
+        &self,
+        base: &LoadedTable,
+        metadata: &TableMetadata,
+    ) -> Result<(String, Swap), CatalogError> {
+        let table = &base.name;
+        let next = base
+            .metadata_location
+            .parse::<MetadataLocation>()
+            .map_err(|e| CatalogError::Metadata {
+                table: table.to_string(),
+                location: base.metadata_location.clone(),
+                message: format!("cannot derive the next metadata file name: {e}"),
+            })?
+            .with_next_version()
+            .with_new_metadata(metadata);
+        self.write_metadata(table, metadata, &next).await?;
+        let next = next.to_string();
+        let updated = sqlx::query(&self.sql(&format!(
+            "UPDATE {TABLES} SET metadata_location = ?, previous_metadata_location = ?
+             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?
+               AND metadata_location = ?"
+        )))
+        .bind(&next)
+        .bind(&base.metadata_location)
+        .bind(&self.name)
+        .bind(table.namespace_str())
+        .bind(&table.name)
+        .bind(&base.metadata_location)
+        .execute(&self.pool)
+        .await;
+        match updated {
+            Ok(r) if r.rows_affected() == 1 => Ok((next, Swap::Done)),
+            Ok(_) => {
+                let _ = self.file_io.delete(&next).await;
+                Ok((next, Swap::Conflict))
+            }
+            // The outcome is unknown (the update may have been applied before the connection
+            // broke), so the file must stay: the caller reloads and finds out.
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    async fn write_metadata(
+        &self,
+        table: &TableName,
+        metadata: &TableMetadata,
+        location: &MetadataLocation,
+    ) -> Result<(), CatalogError> {
+        metadata
+            .write_to(&self.file_io, location)
+            .await
+            .map_err(|e| CatalogError::Metadata {
+                table: table.to_string(),
+                location: location.to_string(),
+                message: e.to_string(),
+            })
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                || db.code().is_some_and(|c| c == "23505" || c == "1555" || c == "2067")
+        }
+        _ => false,
+    }
+}

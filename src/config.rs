@@ -1,0 +1,942 @@
+//! The configuration file: one typed tree, read once, validated before anything starts.
+//!
+//! The file is TOML. Before it is deserialized, `${NAME}` in any string value is replaced by the
+//! environment variable `NAME` (a lookup function is passed in: library code never reads the
+//! environment itself), so secrets can stay out of the file. `$${` writes a literal `${`.
+//! Values that may hold secrets (Kafka passwords and keys, the password in a catalog URI) are
+//! redacted wherever the configuration is printed or logged.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything that can be wrong with a configuration file, said so that the user can fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error(
+        "config file {path}: `{key}` refers to environment variable {var}, which is not set; \
+         export it or write the value into the file"
+    )]
+    MissingEnv {
+        path: String,
+        key: String,
+        var: String,
+    },
+    #[error("config file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// The whole configuration of a floe process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory for the embedded catalog (SQLite) and the local warehouse.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Name of the pipeline whose ledger this process keeps; defaults to the Kafka `group.id`.
+    pub pipeline: Option<String>,
+    #[serde(default)]
+    pub catalog: CatalogConfig,
+    /// librdkafka properties, passed through as written (`bootstrap.servers`, `security.protocol`,
+    /// `sasl.*`, `ssl.*`, ...).
+    #[serde(default)]
+    pub kafka: KafkaProperties,
+    #[serde(default)]
+    pub source: SourceConfig,
+    pub table: Option<TableConfig>,
+    #[serde(default)]
+    pub commit: CommitConfig,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("floe-data")
+}
+
+/// Where table metadata lives.
+#[derive(Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// Catalog kind; only the SQL (JDBC-layout) catalog exists so far.
+    #[serde(default, rename = "type")]
+    pub kind: CatalogKind,
+    /// `sqlite:<path>` or `postgresql://user:password@host:port/db`. Default: the SQLite file
+    /// `<data_dir>/catalog.db`.
+    pub uri: Option<String>,
+    /// The catalog name stored in every row (Trino's `iceberg.jdbc-catalog.catalog-name`).
+    pub name: Option<String>,
+    /// Root of new tables' locations. Default: `<data_dir>/warehouse`.
+    pub warehouse: Option<String>,
+}
+
+impl fmt::Debug for CatalogConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CatalogConfig")
+            .field("kind", &self.kind)
+            .field("uri", &self.uri.as_deref().map(redact_uri))
+            .field("name", &self.name)
+            .field("warehouse", &self.warehouse)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogKind {
+    #[default]
+    Sql,
+}
+
+/// What to read.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Where a partition starts when neither the table's ledger nor the consumer group knows it.
+    #[serde(default)]
+    pub start: StartPosition,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPosition {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// Which table to write.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// `namespace.table`, or `table` for the namespace `default`.
+    pub name: String,
+}
+
+/// When to commit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitConfig {
+    /// Freshness: a commit happens at least this often while data is buffered.
+    #[serde(default = "default_interval", with = "human_duration")]
+    pub interval: Duration,
+    /// Memory bound: a commit happens early once this much is buffered.
+    #[serde(default = "default_max_buffered", with = "human_size")]
+    pub max_buffered_bytes: u64,
+    /// Data files are rolled over near this size (independent of the commit interval).
+    #[serde(default = "default_target_file_size", with = "human_size")]
+    pub target_file_size: u64,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        CommitConfig {
+            interval: default_interval(),
+            max_buffered_bytes: default_max_buffered(),
+            target_file_size: default_target_file_size(),
+        }
+    }
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_buffered() -> u64 {
+    256 << 20
+}
+fn default_target_file_size() -> u64 {
+    128 << 20
+}
+
+/// Default catalog name, also what Trino's JDBC catalog must be told.
+pub const DEFAULT_CATALOG_NAME: &str = "floe";
+/// Namespace used for unqualified table names.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+impl Config {
+    /// Reads and validates a configuration file. `env` looks up environment variables for
+    /// `${NAME}` interpolation.
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, &path.display().to_string(), env)?;
+        // Relative paths in the file are relative to the file, not to wherever floe was started.
+        if config.data_dir.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            config.data_dir = dir.join(&config.data_dir);
+        }
+        Ok(config)
+    }
+
+    /// The configuration used when no file is given: everything at its default.
+    pub fn defaults() -> Config {
+        Config::parse("", "<defaults>", &|_| None).expect("the empty configuration is valid")
+    }
+
+    /// Parses configuration text; `origin` names it in errors.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        interpolate_table(&mut value, "", origin, env)?;
+        let config = Config::deserialize(value).map_err(|e| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: with_suggestion(&e.to_string()),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            message,
+        };
+        if self.commit.interval < Duration::from_millis(100) {
+            return Err(invalid(format!(
+                "commit.interval = {:?} is too short; use at least \"100ms\" (typical: \"5s\")",
+                self.commit.interval
+            )));
+        }
+        if self.commit.target_file_size < 1 << 20 {
+            return Err(invalid(format!(
+                "commit.target_file_size = {} bytes is below 1MiB; typical values are 64MiB to 512MiB",
+                self.commit.target_file_size
+            )));
+        }
+        if self.commit.max_buffered_bytes < 1 << 20 {
+            return Err(invalid(format!(
+                "commit.max_buffered_bytes = {} bytes is below 1MiB",
+                self.commit.max_buffered_bytes
+            )));
+        }
+        if let Some(uri) = &self.catalog.uri {
+            CatalogUri::parse(uri).map_err(|m| invalid(format!("catalog.uri: {m}")))?;
+        }
+        if let Some(name) = &self.catalog.name
+            && name.trim().is_empty()
+        {
+            return Err(invalid("catalog.name must not be empty".into()));
+        }
+        if let Some(table) = &self.table {
+            TableName::parse(&table.name).map_err(|m| invalid(format!("table.name: {m}")))?;
+        }
+        for topic in &self.source.topics {
+            if topic.is_empty() || topic.chars().any(|c| !(c.is_ascii_alphanumeric() || "._-".contains(c))) {
+                return Err(invalid(format!(
+                    "source.topics: {topic:?} is not a valid Kafka topic name (letters, digits, '.', '_', '-')"
+                )));
+            }
+        }
+        self.kafka.validate().map_err(invalid)?;
+        Ok(())
+    }
+
+    /// The catalog name, defaulted.
+    pub fn catalog_name(&self) -> &str {
+        self.catalog.name.as_deref().unwrap_or(DEFAULT_CATALOG_NAME)
+    }
+
+    /// The catalog database, defaulted to the SQLite file in the data directory.
+    pub fn catalog_uri(&self) -> CatalogUri {
+        match &self.catalog.uri {
+            Some(uri) => CatalogUri::parse(uri).expect("validated when loaded"),
+            None => CatalogUri::Sqlite(self.data_dir.join("catalog.db")),
+        }
+    }
+
+    /// The warehouse root as a URI (`file:///abs/path` for local directories).
+    pub fn warehouse(&self) -> String {
+        let raw = match &self.catalog.warehouse {
+            Some(w) => w.clone(),
+            None => self.data_dir.join("warehouse").display().to_string(),
+        };
+        location_uri(&raw)
+    }
+
+    /// The pipeline name: explicit, else the consumer group id.
+    pub fn pipeline_name(&self) -> Option<&str> {
+        self.pipeline.as_deref().or_else(|| self.kafka.get("group.id"))
+    }
+
+    /// The configured table, or an error telling how to configure one.
+    pub fn table_name(&self) -> Result<TableName, String> {
+        match &self.table {
+            Some(t) => TableName::parse(&t.name),
+            None => Err("no table configured: add `[table]` with `name = \"namespace.table\"` to the config file".into()),
+        }
+    }
+}
+
+/// Turns a local path into a `file://` URI (made absolute); leaves URIs with a scheme alone.
+pub fn location_uri(raw: &str) -> String {
+    if raw.contains("://") {
+        return raw.trim_end_matches('/').to_owned();
+    }
+    let path = Path::new(raw);
+    let abs = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_owned())
+    };
+    format!("file://{}", normalize(&abs).display())
+}
+
+/// Removes `.` and `..` components without touching the file system (the directory may not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A parsed catalog database URI.
+#[derive(Clone, PartialEq, Eq)]
+pub enum CatalogUri {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl CatalogUri {
+    pub fn parse(uri: &str) -> Result<CatalogUri, String> {
+        if let Some(rest) = uri.strip_prefix("sqlite:") {
+            let path = rest.trim_start_matches("//");
+            if path.is_empty() {
+                return Err(format!("{uri:?} names no file; write sqlite:<path to the database file>"));
+            }
+            return Ok(CatalogUri::Sqlite(PathBuf::from(path)));
+        }
+        if uri.starts_with("postgresql://") || uri.starts_with("postgres://") {
+            url::Url::parse(uri).map_err(|e| format!("{}: {e}", redact_uri(uri)))?;
+            return Ok(CatalogUri::Postgres(uri.to_owned()));
+        }
+        Err(format!(
+            "{:?} is not supported; use sqlite:<path> or postgresql://user:password@host:port/database",
+            redact_uri(uri)
+        ))
+    }
+
+    /// The URI sqlx connects to.
+    pub fn connect_string(&self) -> String {
+        match self {
+            CatalogUri::Sqlite(path) => format!("sqlite://{}?mode=rwc", path.display()),
+            CatalogUri::Postgres(uri) => uri.clone(),
+        }
+    }
+}
+
+impl fmt::Display for CatalogUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CatalogUri::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            CatalogUri::Postgres(uri) => f.write_str(&redact_uri(uri)),
+        }
+    }
+}
+
+impl fmt::Debug for CatalogUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Replaces the password in `scheme://user:password@host` with `***`, also in URIs that do not
+/// parse (those end up in error messages).
+pub fn redact_uri(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://") else {
+        return uri.to_owned();
+    };
+    let authority_start = scheme_end + 3;
+    let rest = &uri[authority_start..];
+    let Some(at) = rest.rfind('@') else {
+        return uri.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &uri[..authority_start],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => uri.to_owned(),
+    }
+}
+
+/// A table identifier: namespace parts and a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    pub namespace: Vec<String>,
+    pub name: String,
+}
+
+impl TableName {
+    /// `ns.table`, `a.b.table` or `table` (namespace `default`).
+    pub fn parse(s: &str) -> Result<TableName, String> {
+        let parts: Vec<&str> = s.split('.').collect();
+        if parts.iter().any(|p| p.trim().is_empty()) {
+            return Err(format!("{s:?} is not a table name; write `namespace.table` or `table`"));
+        }
+        let (name, namespace) = parts.split_last().expect("split yields at least one part");
+        let namespace = if namespace.is_empty() {
+            vec![DEFAULT_NAMESPACE.to_owned()]
+        } else {
+            namespace.iter().map(|p| p.to_string()).collect()
+        };
+        Ok(TableName {
+            namespace,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn from_parts(parts: &[String]) -> TableName {
+        match parts.split_last() {
+            Some((name, ns)) if !ns.is_empty() => TableName {
+                namespace: ns.to_vec(),
+                name: name.clone(),
+            },
+            Some((name, _)) => TableName {
+                namespace: vec![DEFAULT_NAMESPACE.to_owned()],
+                name: name.clone(),
+            },
+            None => TableName {
+                namespace: vec![DEFAULT_NAMESPACE.to_owned()],
+                name: String::new(),
+            },
+        }
+    }
+
+    pub fn namespace_str(&self) -> String {
+        self.namespace.join(".")
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.namespace_str(), self.name)
+    }
+}
+
+/// librdkafka client properties as the user wrote them. Printing them redacts secrets.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct KafkaProperties(BTreeMap<String, KafkaValue>);
+
+/// librdkafka accepts strings; TOML users will also write numbers and booleans.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+enum KafkaValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+    Float(f64),
+}
+
+impl KafkaValue {
+    fn as_string(&self) -> String {
+        match self {
+            KafkaValue::Str(s) => s.clone(),
+            KafkaValue::Int(i) => i.to_string(),
+            KafkaValue::Bool(b) => b.to_string(),
+            KafkaValue::Float(f) => f.to_string(),
+        }
+    }
+}
+
+/// Properties that floe manages itself: setting them would break exactly-once.
+const MANAGED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    (
+        "enable.auto.commit",
+        "floe commits consumer offsets itself, after each table commit",
+    ),
+    (
+        "enable.auto.offset.store",
+        "floe stores offsets itself, after each table commit",
+    ),
+    (
+        "auto.offset.reset",
+        "use `source.start = \"earliest\"` or `\"latest\"` instead",
+    ),
+];
+
+impl KafkaProperties {
+    /// A property's value as a string.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        match self.0.get(key) {
+            Some(KafkaValue::Str(s)) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+
+    /// All properties with their values as librdkafka wants them.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, String)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_string()))
+    }
+
+    /// Sets a property (used for command-line overrides such as `--brokers`).
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.0.insert(key.to_owned(), KafkaValue::Str(value.to_owned()));
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (key, why) in MANAGED_KAFKA_PROPERTIES {
+            if self.0.contains_key(*key) {
+                return Err(format!("kafka.\"{key}\" cannot be set: {why}"));
+            }
+        }
+        if self.0.keys().any(|k| k.trim().is_empty()) {
+            return Err("kafka: an empty property name".into());
+        }
+        // Names and values are checked by librdkafka itself when the client is built
+        // (`kafka::client_config`), before anything starts.
+        Ok(())
+    }
+
+    /// Whether a property's value must never be shown.
+    pub fn is_secret(key: &str) -> bool {
+        let k = key.to_ascii_lowercase();
+        ["password", "secret", "sasl.jaas.config", "key.pem", "ssl.key", "token", "credential"]
+            .iter()
+            .any(|s| k.contains(s))
+    }
+}
+
+impl fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (k, v) in &self.0 {
+            if KafkaProperties::is_secret(k) {
+                map.entry(k, &"***");
+            } else {
+                map.entry(k, &v.as_string());
+            }
+        }
+        map.finish()
+    }
+}
+
+/// Replaces `${NAME}` in every string of the table (recursively).
+fn interpolate_table(
+    table: &mut toml::Table,
+    prefix: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for (key, value) in table.iter_mut() {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        interpolate_value(value, &path, origin, env)?;
+    }
+    Ok(())
+}
+
+fn interpolate_value(
+    value: &mut toml::Value,
+    path: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) => {
+            *s = interpolate_str(s, path, origin, env)?;
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_value(item, &format!("{path}[{i}]"), origin, env)?;
+            }
+        }
+        toml::Value::Table(t) => interpolate_table(t, path, origin, env)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `${NAME}` becomes the variable's value; `$${` stays a literal `${`.
+pub fn interpolate_str(
+    s: &str,
+    key: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('{') {
+            let end = tail.find('}').ok_or_else(|| ConfigError::Invalid {
+                path: origin.to_owned(),
+                message: format!("`{key}`: unterminated ${{...}} in {s:?}"),
+            })?;
+            let var = &tail[..end];
+            if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(ConfigError::Invalid {
+                    path: origin.to_owned(),
+                    message: format!("`{key}`: ${{{var}}} is not an environment variable name"),
+                });
+            }
+            let value = env(var).ok_or_else(|| ConfigError::MissingEnv {
+                path: origin.to_owned(),
+                key: key.to_owned(),
+                var: var.to_owned(),
+            })?;
+            out.push_str(&value);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// serde names an unknown field and the valid ones; add the nearest valid one.
+fn with_suggestion(message: &str) -> String {
+    let Some(start) = message.find("unknown field `") else {
+        return message.to_owned();
+    };
+    let after = &message[start + "unknown field `".len()..];
+    let Some(end) = after.find('`') else {
+        return message.to_owned();
+    };
+    let unknown = &after[..end];
+    let candidates: Vec<&str> = after[end + 1..]
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .collect();
+    let best = candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(unknown, c), *c))
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((_, c)) => format!("{}\ndid you mean `{c}`?", message.trim_end()),
+        None => message.to_owned(),
+    }
+}
+
+/// Durations written as `"5s"`, `"250ms"`, `"2m"`.
+mod human_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration ({e}); write e.g. \"5s\", \"500ms\" or \"2m\""
+            ))
+        })
+    }
+}
+
+/// Sizes written as `"128MiB"`, `"1GB"`, `"4096"`.
+mod human_size {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => Ok(n),
+            Raw::Str(s) => super::parse_size(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `"128MiB"`-style sizes (KiB/MiB/GiB binary, KB/MB/GB decimal, plain bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. \"128MiB\" or \"1GiB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown size unit {other:?}; use B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", &|name| match name {
+            "KAFKA_PASSWORD" => Some("hunter2".into()),
+            "PGPASS" => Some("s3cret".into()),
+            _ => None,
+        })
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).expect_err("config should be rejected").to_string()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("floe-data"));
+        assert_eq!(c.catalog_name(), "floe");
+        assert_eq!(c.commit.interval, Duration::from_secs(5));
+        assert_eq!(c.commit.max_buffered_bytes, 256 << 20);
+        assert_eq!(c.commit.target_file_size, 128 << 20);
+        assert_eq!(c.source.start, StartPosition::Earliest);
+        assert_eq!(c.catalog_uri(), CatalogUri::Sqlite(PathBuf::from("floe-data/catalog.db")));
+        assert!(c.warehouse().starts_with("file:///"));
+        assert!(c.warehouse().ends_with("/floe-data/warehouse"));
+        assert!(c.table.is_none());
+    }
+
+    #[test]
+    fn full_file() {
+        let c = parse(
+            r#"
+            data_dir = "/var/lib/floe"
+            pipeline = "events-loader"
+            [catalog]
+            type = "sql"
+            uri = "postgresql://floe:${PGPASS}@127.0.0.1:5432/floe"
+            name = "prod"
+            warehouse = "/data/warehouse"
+            [kafka]
+            "bootstrap.servers" = "127.0.0.1:9092"
+            "group.id" = "g1"
+            "sasl.password" = "${KAFKA_PASSWORD}"
+            "fetch.max.bytes" = 1048576
+            "check.crcs" = true
+            [source]
+            topics = ["events", "more.events"]
+            start = "latest"
+            [table]
+            name = "analytics.events"
+            [commit]
+            interval = "2s"
+            max_buffered_bytes = "64MiB"
+            target_file_size = 268435456
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.pipeline_name(), Some("events-loader"));
+        assert_eq!(
+            c.catalog_uri(),
+            CatalogUri::Postgres("postgresql://floe:s3cret@127.0.0.1:5432/floe".into())
+        );
+        assert_eq!(c.catalog_name(), "prod");
+        assert_eq!(c.warehouse(), "file:///data/warehouse");
+        assert_eq!(c.kafka.get("sasl.password"), Some("hunter2"));
+        let props: BTreeMap<_, _> = c.kafka.iter().collect();
+        assert_eq!(props["fetch.max.bytes"], "1048576");
+        assert_eq!(props["check.crcs"], "true");
+        assert_eq!(c.source.topics, vec!["events", "more.events"]);
+        assert_eq!(c.source.start, StartPosition::Latest);
+        assert_eq!(
+            c.table_name().unwrap(),
+            TableName {
+                namespace: vec!["analytics".into()],
+                name: "events".into()
+            }
+        );
+        assert_eq!(c.commit.interval, Duration::from_secs(2));
+        assert_eq!(c.commit.max_buffered_bytes, 64 << 20);
+        assert_eq!(c.commit.target_file_size, 256 << 20);
+    }
+
+    #[test]
+    fn pipeline_defaults_to_group_id() {
+        let c = parse("[kafka]\n\"group.id\" = \"grp\"\n").unwrap();
+        assert_eq!(c.pipeline_name(), Some("grp"));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = parse(
+            r#"
+            [catalog]
+            uri = "postgresql://floe:${PGPASS}@127.0.0.1:5432/floe"
+            [kafka]
+            "sasl.password" = "${KAFKA_PASSWORD}"
+            "sasl.username" = "alice"
+            "#,
+        )
+        .unwrap();
+        let shown = format!("{c:?} {}", c.catalog_uri());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("alice"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
+    }
+
+    #[test]
+    fn unknown_key_suggests_nearest() {
+        let e = err("[commit]\nintervall = \"5s\"\n");
+        assert!(e.contains("unknown field `intervall`"), "{e}");
+        assert!(e.contains("did you mean `interval`?"), "{e}");
+        assert!(e.contains("in `commit`"), "{e}");
+
+        let e = err("[catalgo]\nname = \"x\"\n");
+        assert!(e.contains("did you mean `catalog`?"), "{e}");
+
+        let e = err("[table]\nnmae = \"x\"\n");
+        assert!(e.contains("did you mean `name`?"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_far_from_everything_gets_the_list() {
+        let e = err("zzzzqqq = 1\n");
+        assert!(e.contains("unknown field `zzzzqqq`"), "{e}");
+        assert!(e.contains("expected one of"), "{e}");
+        assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration() {
+        let e = err("[commit]\ninterval = \"5 parsecs\"\n");
+        assert!(e.contains("\"5 parsecs\" is not a duration"), "{e}");
+        assert!(e.contains("in `commit.interval`"), "{e}");
+        let e = err("[commit]\ninterval = \"10ms\"\n");
+        assert!(e.contains("too short"), "{e}");
+    }
+
+    #[test]
+    fn bad_size() {
+        let e = err("[commit]\ntarget_file_size = \"12 parsecs\"\n");
+        assert!(e.contains("unknown size unit"), "{e}");
+        let e = err("[commit]\ntarget_file_size = \"1KiB\"\n");
+        assert!(e.contains("below 1MiB"), "{e}");
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("5MB").unwrap(), 5_000_000);
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn bad_enum_values() {
+        let e = err("[source]\nstart = \"beginning\"\n");
+        assert!(e.contains("beginning"), "{e}");
+        assert!(e.contains("earliest"), "{e}");
+        let e = err("[catalog]\ntype = \"hive\"\n");
+        assert!(e.contains("hive"), "{e}");
+    }
+
+    #[test]
+    fn missing_env_var_names_key_and_variable() {
+        let e = err("[kafka]\n\"sasl.password\" = \"${NOPE}\"\n");
+        assert!(e.contains("NOPE"), "{e}");
+        assert!(e.contains("kafka.sasl.password"), "{e}");
+    }
+
+    #[test]
+    fn interpolation_rules() {
+        let env = |n: &str| (n == "A").then(|| "1".to_owned());
+        assert_eq!(interpolate_str("x${A}y${A}", "k", "o", &env).unwrap(), "x1y1");
+        assert_eq!(interpolate_str("$${A}", "k", "o", &env).unwrap(), "${A}");
+        assert_eq!(interpolate_str("cost $5", "k", "o", &env).unwrap(), "cost $5");
+        assert!(interpolate_str("${A", "k", "o", &env).is_err());
+        assert!(interpolate_str("${A-B}", "k", "o", &env).is_err());
+    }
+
+    #[test]
+    fn managed_kafka_properties_are_refused() {
+        let e = err("[kafka]\n\"enable.auto.commit\" = true\n");
+        assert!(e.contains("enable.auto.commit"), "{e}");
+        assert!(e.contains("floe commits consumer offsets itself"), "{e}");
+        let e = err("[kafka]\n\"auto.offset.reset\" = \"earliest\"\n");
+        assert!(e.contains("source.start"), "{e}");
+    }
+
+    #[test]
+    fn bad_catalog_uri_and_table_name() {
+        let e = err("[catalog]\nuri = \"mysql://x\"\n");
+        assert!(e.contains("catalog.uri"), "{e}");
+        assert!(e.contains("postgresql://"), "{e}");
+        let e = err("[catalog]\nuri = \"postgresql://u:pw@[bad/db\"\n");
+        assert!(!e.contains(":pw@"), "password leaked: {e}");
+        let e = err("[table]\nname = \"a..b\"\n");
+        assert!(e.contains("table.name"), "{e}");
+        let e = err("[source]\ntopics = [\"bad topic\"]\n");
+        assert!(e.contains("not a valid Kafka topic name"), "{e}");
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_uri("postgresql://u:pw@h:1/db"), "postgresql://u:***@h:1/db");
+        assert_eq!(redact_uri("postgresql://u@h/db"), "postgresql://u@h/db");
+        assert_eq!(redact_uri("postgresql://u:p@w@[bad"), "postgresql://u:***@[bad");
+        assert_eq!(redact_uri("sqlite:x.db"), "sqlite:x.db");
+    }
+
+    #[test]
+    fn table_names() {
+        assert_eq!(TableName::parse("t").unwrap().to_string(), "default.t");
+        assert_eq!(TableName::parse("a.b.t").unwrap().namespace, vec!["a", "b"]);
+        assert!(TableName::parse("").is_err());
+        assert!(TableName::parse("a.").is_err());
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let e = err("[commit\ninterval = 1\n");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn relative_data_dir_is_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("floe.toml");
+        std::fs::write(&file, "data_dir = \"data\"\n").unwrap();
+        let c = Config::load(&file, &|_| None).unwrap();
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        let e = Config::load(&dir.path().join("missing.toml"), &|_| None).unwrap_err();
+        assert!(e.to_string().contains("missing.toml"), "{e}");
+    }
+}

@@ -1,0 +1,280 @@
+//! The `floe` command: parses the command line, reads the configuration, starts logging and calls
+//! into the library. Everything else lives in the library, where tests call it directly.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use floe::catalog::Catalog;
+use floe::config::{Config, ConfigError};
+use floe::sample::{PublishOptions, publish};
+use floe::table::{self, Created};
+
+/// Stream JSON records from Kafka into Apache Iceberg tables, exactly once.
+#[derive(Parser, Debug)]
+#[command(name = "floe", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (TOML). Default: ./floe.toml if it exists, else built-in defaults.
+    #[arg(long, short = 'c', global = true, env = "FLOE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override `data_dir` (where the embedded catalog and warehouse live).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Log filter, e.g. `info`, `debug`, `floe=debug,rdkafka=warn`.
+    #[arg(long, global = true, env = "FLOE_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Consume the configured topics and append them to the table, exactly once.
+    Run,
+    /// Create, describe and list tables.
+    #[command(subcommand)]
+    Table(TableCommand),
+    /// Send sample records of the seed's shape to a topic.
+    PublishSample(PublishArgs),
+    /// Table maintenance: compaction, snapshot expiry, retention, orphan files.
+    Maintain,
+    /// Show pipelines, their ledgers and lag.
+    Status,
+    /// Run a read-only SQL query over the tables.
+    Query {
+        /// The SQL statement.
+        sql: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TableCommand {
+    /// Create a table from a Trino CREATE TABLE statement (`IF NOT EXISTS` supported).
+    Create {
+        /// The statement; omit it and use --file, or pass `-` to read standard input.
+        sql: Option<String>,
+        /// Read the statement from this file.
+        #[arg(long, short = 'f', conflicts_with = "sql")]
+        file: Option<PathBuf>,
+    },
+    /// Show a table's schema with field ids, partition spec, snapshots and properties.
+    Describe {
+        /// `namespace.table`, or `table` in namespace `default`. Default: the configured table.
+        name: Option<String>,
+    },
+    /// List the catalog's tables, one qualified name per line.
+    List {
+        /// Only this namespace.
+        namespace: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct PublishArgs {
+    /// Topic to send to. Default: the first of `source.topics`.
+    #[arg(long, short = 't')]
+    topic: Option<String>,
+    /// Kafka bootstrap servers, overriding `kafka."bootstrap.servers"`.
+    #[arg(long, short = 'b')]
+    brokers: Option<String>,
+    /// How many records (the default sends exactly one record, the seed's own).
+    #[arg(long, short = 'n', default_value_t = 1)]
+    count: u64,
+    /// Records per second (default: as fast as the broker takes them).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Make every K-th record malformed (not JSON, wrong type, missing field, out of range,
+    /// invalid UTF-8, in turn).
+    #[arg(long)]
+    bad_every: Option<u64>,
+    /// Id of the first record (the key, and the `id` and `integer` fields).
+    #[arg(long, default_value_t = 1)]
+    first_id: u64,
+    /// Spread timestamps evenly over this period before now, e.g. `3d`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    spread: Option<Duration>,
+    /// Create the topic with this many partitions if it does not exist.
+    #[arg(long, default_value_t = 1)]
+    partitions: i32,
+    /// Print every record sent.
+    #[arg(long)]
+    print: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { message, code }) => {
+            eprintln!("error: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// A failed command: the message for the user and the exit code (2: configuration or usage).
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    fn usage(message: impl ToString) -> Failure {
+        Failure {
+            message: message.to_string(),
+            code: 2,
+        }
+    }
+    fn runtime(message: impl ToString) -> Failure {
+        Failure {
+            message: message.to_string(),
+            code: 1,
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::usage(e)
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Failure> {
+    let env = |name: &str| std::env::var(name).ok();
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path, &env)?,
+        None if std::path::Path::new("floe.toml").exists() => Config::load("floe.toml".as_ref(), &env)?,
+        None => Config::defaults(),
+    };
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    let config = load_config(&cli)?;
+    tracing::debug!(?config, "configuration loaded");
+    match cli.command {
+        Command::Table(cmd) => table_command(&config, cmd).await,
+        Command::PublishSample(args) => publish_sample(config, args).await,
+        Command::Run | Command::Maintain | Command::Status | Command::Query { .. } => Err(Failure::usage(
+            "this command is not available yet in this version of floe (see the issue tracker: \
+             the loader, maintenance, status and query arrive in later releases)",
+        )),
+    }
+}
+
+async fn table_command(config: &Config, cmd: TableCommand) -> Result<(), Failure> {
+    let catalog = Catalog::open(config).await.map_err(Failure::runtime)?;
+    match cmd {
+        TableCommand::Create { sql, file } => {
+            let sql = match (sql, file) {
+                (Some(s), None) if s == "-" => read_stdin()?,
+                (Some(s), None) => s,
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?,
+                _ => return Err(Failure::usage("give the CREATE TABLE statement as an argument, with --file, or `-` for stdin")),
+            };
+            match table::create_from_sql(&catalog, &sql).await {
+                Ok(Created::New(t)) => {
+                    println!("created table {} in catalog {:?}", t.name, catalog.name());
+                    print!("{}", table::describe(&t));
+                    Ok(())
+                }
+                Ok(Created::Existed(t)) => {
+                    println!("table {} already exists; left unchanged (IF NOT EXISTS)", t.name);
+                    Ok(())
+                }
+                Err(e @ table::TableError::Ddl { .. }) => Err(Failure::usage(e)),
+                Err(e) => Err(Failure::runtime(e)),
+            }
+        }
+        TableCommand::Describe { name } => {
+            let name = match name {
+                Some(n) => floe::config::TableName::parse(&n).map_err(Failure::usage)?,
+                None => config.table_name().map_err(Failure::usage)?,
+            };
+            let t = catalog.load(&name).await.map_err(Failure::runtime)?;
+            print!("{}", table::describe(&t));
+            Ok(())
+        }
+        TableCommand::List { namespace } => {
+            for t in catalog.list_tables(namespace.as_deref()).await.map_err(Failure::runtime)? {
+                println!("{t}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read_stdin() -> Result<String, Failure> {
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| Failure::usage(format!("cannot read the statement from stdin: {e}")))?;
+    Ok(s)
+}
+
+async fn publish_sample(mut config: Config, args: PublishArgs) -> Result<(), Failure> {
+    if let Some(b) = &args.brokers {
+        config.kafka.set("bootstrap.servers", b);
+    }
+    let topic = args
+        .topic
+        .or_else(|| config.source.topics.first().cloned())
+        .ok_or_else(|| Failure::usage("no topic: pass --topic or set `source.topics` in the config file"))?;
+    if args.partitions < 1 {
+        return Err(Failure::usage("--partitions must be at least 1"));
+    }
+    if args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        return Err(Failure::usage("--rate must be a positive number of records per second"));
+    }
+    floe::kafka::check_reachable(&config.kafka, Duration::from_secs(15))
+        .await
+        .map_err(Failure::runtime)?;
+    floe::kafka::ensure_topic(&config.kafka, &topic, args.partitions, 1)
+        .await
+        .map_err(Failure::runtime)?;
+    let opts = PublishOptions {
+        topic,
+        count: args.count,
+        rate: args.rate,
+        bad_every: args.bad_every,
+        first_id: args.first_id,
+        spread: args.spread.unwrap_or_default(),
+        print: args.print,
+    };
+    let props = config.kafka.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        publish(&props, &opts, chrono::Utc::now(), &mut out).map(|r| (r, opts))
+    })
+    .await
+    .map_err(|e| Failure::runtime(format!("publisher task failed: {e}")))?;
+    let (report, opts) = report.map_err(Failure::runtime)?;
+    eprintln!(
+        "sent {} records to {} ({} malformed) in {:.2}s",
+        report.sent,
+        opts.topic,
+        report.bad,
+        report.elapsed.as_secs_f64()
+    );
+    Ok(())
+}

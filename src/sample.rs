@@ -1,0 +1,352 @@
+//! The sample publisher: records of the seed's shape, for demos, tests and benchmarks.
+//!
+//! Values are a pure function of the record's id (and the timestamp passed in), so a test can
+//! recompute exactly what was sent for any id.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, FixedOffset, TimeZone, Utc};
+use rdkafka::ClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use serde_json::{Value, json};
+
+use crate::config::KafkaProperties;
+use crate::kafka::{self, KafkaError};
+
+/// Header carrying the record's id on every sample record (bad ones included).
+pub const HEADER_SAMPLE_ID: &str = "floe.sample.id";
+/// Header naming the kind of a deliberately malformed record.
+pub const HEADER_SAMPLE_BAD: &str = "floe.sample.bad";
+
+/// The ways `--bad-every` breaks a record, in the order they are used.
+pub const BAD_KINDS: &[&str] = &[
+    "not-json",
+    "wrong-type",
+    "missing-required",
+    "out-of-range",
+    "invalid-utf8",
+];
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    pub topic: String,
+    /// Number of records; 1 by default.
+    pub count: u64,
+    /// Records per second; unlimited when `None`.
+    pub rate: Option<f64>,
+    /// Every K-th record (K, 2K, ...) is malformed.
+    pub bad_every: Option<u64>,
+    /// Id of the first record; the rest count up from it.
+    pub first_id: u64,
+    /// Timestamps are spread evenly over this period before `now` (all `now` when zero).
+    pub spread: Duration,
+    /// Print every record sent (as JSON lines) instead of a progress line.
+    pub print: bool,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        PublishOptions {
+            topic: String::new(),
+            count: 1,
+            rate: None,
+            bad_every: None,
+            first_id: 1,
+            spread: Duration::ZERO,
+            print: false,
+        }
+    }
+}
+
+/// A good sample record of the seed's shape, plus an `id` field.
+pub fn sample_record(id: u64, ts: DateTime<FixedOffset>) -> Value {
+    let h = mix(id);
+    let n = (h % 5) as usize;
+    json!({
+        "id": id,
+        "bool": h & 1 == 0,
+        "floating": (h % 10_000) as f64 / 100.0,
+        "integer": id,
+        "string": format!("value {id}"),
+        "bools": (0..n).map(|i| (h >> i) & 1 == 1).collect::<Vec<_>>(),
+        "floatings": (0..n).map(|i| ((h >> (8 * i)) % 1000) as f64 / 100.0).collect::<Vec<_>>(),
+        "integers": (0..n).map(|i| ((h >> (4 * i)) % 100_000) as i64 - 50_000).collect::<Vec<_>>(),
+        "strings": (0..n).map(|i| ["a", "b", "c", "ünï", "\"q\"", "x y"][(h as usize + i) % 6]).collect::<Vec<_>>(),
+        "string_map": (0..n).map(|i| (format!("k{i}"), Value::from(format!("v{}", (h >> i) % 97)))).collect::<serde_json::Map<String, Value>>(),
+        "nested": {"key": format!("key {}", h % 1000), "value": id as i64},
+        "timestamp": ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, false),
+    })
+}
+
+/// The seed's record exactly as the seed shows it, stamped with `ts`.
+pub fn seed_record(ts: DateTime<FixedOffset>) -> Value {
+    json!({
+        "bool": true, "floating": 0.01, "integer": 1, "string": "value",
+        "bools": [true, false, true], "floatings": [0.01, 0.02, 0.03], "integers": [1, 2, 3],
+        "strings": ["a", "b", "c"], "string_map": {"k1": "v1", "k2": "v2"},
+        "nested": {"key": "key name", "value": 1},
+        "timestamp": ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, false),
+    })
+}
+
+/// A malformed record of the given kind (an index into [`BAD_KINDS`]), as raw bytes.
+pub fn bad_record(id: u64, kind: usize, ts: DateTime<FixedOffset>) -> Vec<u8> {
+    let mut good = sample_record(id, ts);
+    match BAD_KINDS[kind % BAD_KINDS.len()] {
+        "not-json" => format!("{{\"id\": {id}, \"bool\": tru").into_bytes(),
+        "wrong-type" => {
+            good["integer"] = json!("not a number");
+            good.to_string().into_bytes()
+        }
+        "missing-required" => {
+            good.as_object_mut().expect("sample is an object").remove("id");
+            good.to_string().into_bytes()
+        }
+        "out-of-range" => {
+            good["integer"] = json!(1e30);
+            good.to_string().into_bytes()
+        }
+        _ => {
+            // Valid JSON structure around bytes that are not UTF-8.
+            let mut bytes = format!("{{\"id\": {id}, \"string\": \"").into_bytes();
+            bytes.extend_from_slice(&[0xff, 0xfe, 0xc3]);
+            bytes.extend_from_slice(b"\"}");
+            bytes
+        }
+    }
+}
+
+/// SplitMix64: spreads ids into well-mixed bits so neighbouring records differ.
+fn mix(id: u64) -> u64 {
+    let mut z = id.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Counts deliveries reported by librdkafka.
+#[derive(Default)]
+struct DeliveryCounter {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                let mut first = self.first_error.lock().expect("not poisoned");
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// What was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishReport {
+    pub sent: u64,
+    pub bad: u64,
+    pub elapsed: Duration,
+}
+
+/// Sends records to Kafka and waits until every one is acknowledged. `out` receives the printed
+/// records or progress lines. Blocking: call it from a blocking context.
+pub fn publish(
+    props: &KafkaProperties,
+    opts: &PublishOptions,
+    now: DateTime<Utc>,
+    out: &mut dyn std::io::Write,
+) -> Result<PublishReport, KafkaError> {
+    let produce_err = |message: String| KafkaError::Produce {
+        topic: opts.topic.clone(),
+        message,
+    };
+    let mut cc = kafka::producer_config(props);
+    // Retries must not duplicate: the exactly-once tests count every id.
+    cc.set("enable.idempotence", "true");
+    if props.get("linger.ms").is_none() {
+        cc.set("linger.ms", "5");
+    }
+    let producer: BaseProducer<DeliveryCounter> = cc
+        .create_with_context(DeliveryCounter::default())
+        .map_err(|e| KafkaError::Config(e.to_string()))?;
+    let start = Instant::now();
+    let mut last_progress = start;
+    let mut bad = 0;
+    let offset = FixedOffset::east_opt(0).expect("zero offset is valid");
+    for i in 0..opts.count {
+        let id = opts.first_id + i;
+        if let Some(rate) = opts.rate {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            let now = Instant::now();
+            if due > now {
+                producer.poll(due - now);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        }
+        let ts = timestamp_for(now, i, opts.count, opts.spread).with_timezone(&offset);
+        let is_bad = opts.bad_every.is_some_and(|k| k > 0 && (i + 1) % k == 0);
+        let (payload, kind) = if is_bad {
+            let kind = (bad % BAD_KINDS.len() as u64) as usize;
+            bad += 1;
+            (bad_record(id, kind, ts), Some(BAD_KINDS[kind]))
+        } else if opts.count == 1 && opts.bad_every.is_none() && opts.first_id == 1 {
+            (seed_record(ts).to_string().into_bytes(), None)
+        } else {
+            (sample_record(id, ts).to_string().into_bytes(), None)
+        };
+        let key = id.to_string();
+        let id_header = key.clone();
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: HEADER_SAMPLE_ID,
+            value: Some(id_header.as_bytes()),
+        });
+        if let Some(kind) = kind {
+            headers = headers.insert(Header {
+                key: HEADER_SAMPLE_BAD,
+                value: Some(kind.as_bytes()),
+            });
+        }
+        let mut record = BaseRecord::to(&opts.topic)
+            .key(key.as_bytes())
+            .payload(&payload)
+            .headers(headers)
+            .timestamp(ts.timestamp_millis());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, r)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                    producer.poll(Duration::from_millis(50));
+                    record = r;
+                }
+                Err((e, _)) => return Err(produce_err(e.to_string())),
+            }
+        }
+        producer.poll(Duration::ZERO);
+        if opts.print || opts.count == 1 {
+            let _ = writeln!(out, "{}", String::from_utf8_lossy(&payload));
+        } else if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            let secs = start.elapsed().as_secs_f64();
+            let _ = writeln!(
+                out,
+                "sent {}/{} records ({:.0}/s)",
+                i + 1,
+                opts.count,
+                (i + 1) as f64 / secs
+            );
+        }
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .map_err(|e| produce_err(format!("not every record was acknowledged within 60s: {e}")))?;
+    let ctx = producer.context();
+    let failed = ctx.failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        let first = ctx.first_error.lock().expect("not poisoned").clone().unwrap_or_default();
+        return Err(produce_err(format!("{failed} records were not delivered; first error: {first}")));
+    }
+    let delivered = ctx.delivered.load(Ordering::Relaxed);
+    if delivered != opts.count {
+        return Err(produce_err(format!(
+            "{delivered} of {} records were acknowledged",
+            opts.count
+        )));
+    }
+    Ok(PublishReport {
+        sent: opts.count,
+        bad,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Record `i` of `count` is stamped `spread * (count - 1 - i) / count` before `now`, so the last
+/// one is `now`.
+pub fn timestamp_for(now: DateTime<Utc>, i: u64, count: u64, spread: Duration) -> DateTime<Utc> {
+    if spread.is_zero() || count <= 1 {
+        return now;
+    }
+    let back = spread.as_micros() as f64 * (count - 1 - i) as f64 / count as f64;
+    let micros = now.timestamp_micros() - back as i64;
+    Utc.timestamp_micros(micros).single().unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts() -> DateTime<FixedOffset> {
+        DateTime::parse_from_rfc3339("2022-07-26T00:41:48.046773-07:00").unwrap()
+    }
+
+    #[test]
+    fn seed_record_matches_the_seed() {
+        let r = seed_record(ts());
+        let expected: Value = serde_json::from_str(
+            r#"{"bool": true, "floating": 0.01, "integer": 1, "string": "value", "bools": [true, false, true],
+                "floatings": [0.01, 0.02, 0.03], "integers": [1, 2, 3], "strings": ["a", "b", "c"],
+                "string_map": {"k1": "v1", "k2": "v2"}, "nested": {"key": "key name", "value": 1},
+                "timestamp": "2022-07-26T00:41:48.046773-07:00"}"#,
+        )
+        .unwrap();
+        assert_eq!(r, expected);
+    }
+
+    #[test]
+    fn sample_records_are_deterministic_and_varied() {
+        assert_eq!(sample_record(42, ts()), sample_record(42, ts()));
+        let a = sample_record(1, ts());
+        let b = sample_record(2, ts());
+        assert_ne!(a, b);
+        assert_eq!(a["id"], 1);
+        assert_eq!(a["integer"], 1);
+        assert_eq!(b["nested"]["value"], 2);
+        // Across many ids the optional shapes vary: empty and non-empty arrays, both booleans.
+        let lens: std::collections::HashSet<usize> = (0..50)
+            .map(|i| sample_record(i, ts())["bools"].as_array().unwrap().len())
+            .collect();
+        assert!(lens.contains(&0) && lens.len() >= 4, "{lens:?}");
+        let bools: std::collections::HashSet<bool> =
+            (0..50).map(|i| sample_record(i, ts())["bool"].as_bool().unwrap()).collect();
+        assert_eq!(bools.len(), 2);
+    }
+
+    #[test]
+    fn bad_records_are_bad_in_their_own_way() {
+        let not_json = bad_record(7, 0, ts());
+        assert!(serde_json::from_slice::<Value>(&not_json).is_err());
+        let wrong: Value = serde_json::from_slice(&bad_record(7, 1, ts())).unwrap();
+        assert!(wrong["integer"].is_string());
+        let missing: Value = serde_json::from_slice(&bad_record(7, 2, ts())).unwrap();
+        assert!(missing.get("id").is_none());
+        let big: Value = serde_json::from_slice(&bad_record(7, 3, ts())).unwrap();
+        assert!(big["integer"].as_f64().unwrap() > i64::MAX as f64);
+        let bytes = bad_record(7, 4, ts());
+        assert!(std::str::from_utf8(&bytes).is_err());
+    }
+
+    #[test]
+    fn timestamps_spread_backwards_from_now() {
+        let now = Utc.timestamp_micros(1_700_000_000_000_000).unwrap();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(timestamp_for(now, 9, 10, day), now);
+        assert_eq!(timestamp_for(now, 0, 1, day), now);
+        assert_eq!(timestamp_for(now, 3, 10, Duration::ZERO), now);
+        let first = timestamp_for(now, 0, 10, day);
+        assert_eq!((now - first).num_seconds(), 86_400 * 9 / 10);
+    }
+}

@@ -1,0 +1,141 @@
+"""Fixtures shared by floe's Python tests.
+
+scripts/test.sh exports what these need:
+  FLOE_BIN            path to the floe binary under test
+  FLOE_TEST_POSTGRES  postgresql://floe:floe@127.0.0.1:<port>/floe (a throwaway server)
+  FLOE_TEST_KAFKA     127.0.0.1:<port> (a throwaway broker)
+Nothing is skipped when one is missing: the test fails and says what to set.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pytest
+from pyiceberg.catalog.sql import SqlCatalog
+
+FLOE_TIMEOUT_S = 120
+
+
+def required_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(
+            f"environment variable {name} is not set: run the tests with ./scripts/test.sh "
+            f"(or export {name} yourself)",
+            pytrace=False,
+        )
+    return value
+
+
+@dataclass
+class FloeResult:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def describe(self) -> str:
+        return (
+            f"command: {' '.join(self.args)}\nexit code: {self.returncode}\n"
+            f"--- stdout ---\n{self.stdout}--- stderr ---\n{self.stderr}"
+        )
+
+
+@dataclass
+class Floe:
+    """Runs the floe binary with one config file."""
+
+    bin: str
+    config: Path
+
+    def run(self, *args: str, check: bool = True) -> FloeResult:
+        cmd = [self.bin, "--config", str(self.config), *args]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=FLOE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"floe did not finish within {FLOE_TIMEOUT_S}s: {' '.join(cmd)}\n{e.stdout}\n{e.stderr}")
+        result = FloeResult(cmd, p.returncode, p.stdout, p.stderr)
+        if check and p.returncode != 0:
+            pytest.fail(f"floe failed\n{result.describe()}", pytrace=False)
+        return result
+
+
+@dataclass
+class CatalogEnv:
+    """One catalog that floe (through its config file) and pyiceberg (SqlCatalog) both open."""
+
+    kind: str  # "sqlite" | "postgres"
+    name: str  # catalog name, as stored in iceberg_tables.catalog_name
+    data_dir: Path
+    warehouse: Path
+    sqlalchemy_uri: str
+    floe: Floe
+
+    def pyiceberg(self) -> SqlCatalog:
+        return SqlCatalog(self.name, uri=self.sqlalchemy_uri, warehouse=self.warehouse.as_uri())
+
+
+@pytest.fixture(scope="session")
+def floe_bin() -> str:
+    path = required_env("FLOE_BIN")
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        pytest.fail(f"FLOE_BIN={path} is not an executable file: build it (cargo build) first", pytrace=False)
+    return path
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog(request, tmp_path: Path, floe_bin: str) -> CatalogEnv:
+    """A fresh, empty catalog: a SQLite file in a temp dir, or a uniquely named catalog on the test server."""
+    data_dir = tmp_path / "floe-data"
+    data_dir.mkdir()
+    config = tmp_path / "floe.toml"
+    if request.param == "sqlite":
+        name = "floe"
+        # Defaults under test: catalog uri sqlite:<data_dir>/catalog.db, warehouse <data_dir>/warehouse.
+        warehouse = data_dir / "warehouse"
+        config.write_text(f"data_dir = {_toml_str(str(data_dir))}\n\n[catalog]\nname = {_toml_str(name)}\n")
+        sqlalchemy_uri = f"sqlite:///{data_dir / 'catalog.db'}"
+    else:
+        pg_uri = required_env("FLOE_TEST_POSTGRES")
+        if not pg_uri.startswith("postgresql://"):
+            pytest.fail(f"FLOE_TEST_POSTGRES should start with postgresql://, got {pg_uri}", pytrace=False)
+        # The database outlives the test: a unique catalog name keeps runs apart.
+        name = f"floe_{uuid.uuid4().hex[:12]}"
+        warehouse = tmp_path / "warehouse"
+        config.write_text(
+            f"data_dir = {_toml_str(str(data_dir))}\n\n[catalog]\nname = {_toml_str(name)}\n"
+            f"uri = {_toml_str(pg_uri)}\nwarehouse = {_toml_str(str(warehouse))}\n"
+        )
+        sqlalchemy_uri = "postgresql+psycopg2://" + pg_uri[len("postgresql://") :]
+    return CatalogEnv(request.param, name, data_dir, warehouse, sqlalchemy_uri, Floe(floe_bin, config))
+
+
+def duckdb_connect() -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the iceberg and avro extensions loaded from their PyPI packages
+    (no download at run time: autoinstall and autoload are off)."""
+    import duckdb_extension_avro
+    import duckdb_extension_iceberg
+
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    for module, name in ((duckdb_extension_avro, "avro"), (duckdb_extension_iceberg, "iceberg")):
+        pattern = os.path.join(os.path.dirname(module.__file__), "extensions", "*", f"{name}.duckdb_extension")
+        found = glob.glob(pattern)
+        if not found:
+            pytest.fail(f"no {name}.duckdb_extension in the {module.__name__} package ({pattern})", pytrace=False)
+        con.execute(f"LOAD '{found[0]}'")
+    return con
