@@ -34,41 +34,9 @@ run_rust=false run_py=false
 [[ $suite == all || $suite == py ]] && run_py=true
 
 # --- what the machine needs ---------------------------------------------------------------
-apt_updated=false
-apt_install() { # PKG... : installs those not already installed
-  local missing=() p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  ((${#missing[@]})) || return 0
-  [[ $(id -u) -eq 0 ]] || die "missing Debian packages: ${missing[*]} (run as root, or apt-get install -y them)"
-  say "installing ${missing[*]}..."
-  export DEBIAN_FRONTEND=noninteractive
-  local out
-  out="$(mktemp)"
-  if ! $apt_updated; then
-    apt-get update -qq >"$out" 2>&1 || { cat "$out" >&2; die "apt-get update failed"; }
-    apt_updated=true
-  fi
-  apt-get install -y -qq "${missing[@]}" >"$out" 2>&1 || { tail -n 30 "$out" >&2; die "apt-get install -y ${missing[*]} failed"; }
-  rm -f "$out"
-}
-
-apt_install build-essential cmake pkg-config libssl-dev libsasl2-dev zlib1g-dev libcurl4-openssl-dev \
-  postgresql python3-venv
-command -v java >/dev/null || apt_install openjdk-17-jre-headless
-command -v mvn >/dev/null || apt_install maven
-
-if ! command -v cargo >/dev/null; then
-  [[ -x "$HOME/.cargo/bin/cargo" ]] && export PATH="$HOME/.cargo/bin:$PATH"
-  command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (see Cargo.toml rust-version)"
-fi
-
-VENV="$(scripts/python-env.sh | tail -n 1)"
-scripts/kafka.sh fetch
-
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/floe/target}"
-mkdir -p "$CARGO_TARGET_DIR"
+# shellcheck source=scripts/setup.sh
+source "$REPO/scripts/setup.sh"
+setup_machine --python
 
 # --- services: started now, in the background, so they boot while cargo builds ------------------
 WORK="$(mktemp -d -t floe-test.XXXXXX)"
