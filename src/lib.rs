@@ -4,8 +4,13 @@
 //! `main.rs` only parses the command line and calls in here.
 
 pub mod catalog;
+pub mod commit;
 pub mod config;
 pub mod ddl;
 pub mod kafka;
+pub mod ledger;
+pub mod loader;
 pub mod sample;
+pub mod source;
 pub mod table;
+pub mod write;

@@ -173,7 +173,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Table(cmd) => table_command(&config, cmd).await,
         Command::PublishSample(args) => publish_sample(config, args).await,
-        Command::Run | Command::Maintain | Command::Status | Command::Query { .. } => Err(Failure::usage(
+        Command::Run => run_loader(config).await,
+        Command::Maintain | Command::Status | Command::Query { .. } => Err(Failure::usage(
             "this command is not available yet in this version of floe (see the issue tracker: \
              the loader, maintenance, status and query arrive in later releases)",
         )),
@@ -220,6 +221,28 @@ async fn table_command(config: &Config, cmd: TableCommand) -> Result<(), Failure
             }
             Ok(())
         }
+    }
+}
+
+async fn run_loader(config: Config) -> Result<(), Failure> {
+    let loader = floe::loader::Loader::prepare(config).await.map_err(|e| match e {
+        floe::loader::LoadError::Config(_) => Failure::usage(e),
+        other => Failure::runtime(other),
+    })?;
+    loader.run(shutdown_signal()).await.map_err(Failure::runtime)?;
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process is simply killed by them: nothing to wait for.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }
 
