@@ -1,12 +1,14 @@
 //! floe: stream JSON records from Kafka into Apache Iceberg tables, exactly once.
 //!
-//! Modules follow the data: `kafka` (source) -> `catalog`/`table` (where it lands). The binary in
+//! Modules follow the data: `kafka` (source) -> `decode` (JSON to Arrow, as the table's schema
+//! says) -> `catalog`/`table` (where it lands). The binary in
 //! `main.rs` only parses the command line and calls in here.
 
 pub mod catalog;
 pub mod commit;
 pub mod config;
 pub mod ddl;
+pub mod decode;
 pub mod kafka;
 pub mod ledger;
 pub mod loader;

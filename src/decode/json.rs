@@ -1,0 +1,418 @@
+//! A JSON reader over one record's bytes: tokens on demand, no intermediate tree.
+//!
+//! The decoder pulls exactly the tokens it needs and writes values straight into column builders,
+//! so there is one pass over the input and no allocation per field. The input has been checked to
+//! be UTF-8 before the reader sees it, so any slice that starts and ends on ASCII bytes is valid
+//! UTF-8 too.
+
+use super::fail::Fail;
+
+/// Nesting deeper than this is refused (it would only ever be an attack or a bug, and recursion
+/// needs a bound).
+pub(crate) const MAX_DEPTH: usize = 512;
+
+/// Bytes that end the fast scan of a string: the closing quote, a backslash, control characters.
+static STRING_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// A string token: the bytes between the quotes, and whether they contain escapes.
+#[derive(Clone, Copy)]
+pub(crate) struct RawStr<'a> {
+    pub raw: &'a [u8],
+    pub escaped: bool,
+}
+
+impl<'a> RawStr<'a> {
+    /// The string's text: borrowed from the input when it has no escapes, else unescaped into
+    /// `scratch`.
+    pub fn text<'s>(self, scratch: &'s mut Vec<u8>, at: usize) -> Result<&'s str, Box<Fail>>
+    where
+        'a: 's,
+    {
+        if !self.escaped {
+            // SAFETY-free: the input was validated as UTF-8 and the slice is delimited by quotes.
+            return Ok(utf8(self.raw));
+        }
+        scratch.clear();
+        unescape_into(self.raw, scratch, at)?;
+        Ok(utf8(scratch))
+    }
+}
+
+/// The input is checked to be UTF-8 up front and slices are cut at ASCII delimiters, so this
+/// cannot fail; it is checked anyway (cheaply, with the standard library's ASCII fast path) to
+/// keep the code free of `unsafe`.
+pub(crate) fn utf8(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap_or("\u{fffd}")
+}
+
+pub(crate) struct Cursor<'a> {
+    pub b: &'a [u8],
+    pub i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(b: &'a [u8]) -> Self {
+        Cursor { b, i: 0 }
+    }
+
+    #[inline]
+    pub fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.i) {
+            if c == b' ' || c == b'\n' || c == b'\r' || c == b'\t' {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The next non-whitespace byte, not consumed.
+    #[inline]
+    pub fn peek(&mut self) -> Result<u8, Box<Fail>> {
+        self.ws();
+        match self.b.get(self.i) {
+            Some(&c) => Ok(c),
+            None => Err(self.syntax("unexpected end of input")),
+        }
+    }
+
+    /// Consumes `c` (after whitespace) or fails saying what was expected.
+    #[inline]
+    pub fn eat(&mut self, c: u8, what: &str) -> Result<(), Box<Fail>> {
+        if self.peek()? == c {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.syntax(&format!("expected {what}")))
+        }
+    }
+
+    /// After a member or element: true if another follows (a comma was eaten), false at the
+    /// closing bracket (eaten).
+    #[inline]
+    pub fn next_or_close(&mut self, close: u8) -> Result<bool, Box<Fail>> {
+        match self.peek()? {
+            b',' => {
+                self.i += 1;
+                Ok(true)
+            }
+            c if c == close => {
+                self.i += 1;
+                Ok(false)
+            }
+            _ => Err(self.syntax(if close == b'}' {
+                "expected ',' or '}'"
+            } else {
+                "expected ',' or ']'"
+            })),
+        }
+    }
+
+    pub fn syntax(&self, what: &str) -> Box<Fail> {
+        Fail::not_json(format!("{what} at byte {}{}", self.i, near(self.b, self.i)))
+    }
+
+    /// Reads a string token; the cursor must be at the opening quote.
+    #[inline]
+    pub fn string(&mut self) -> Result<RawStr<'a>, Box<Fail>> {
+        debug_assert_eq!(self.b.get(self.i), Some(&b'"'));
+        self.i += 1;
+        let start = self.i;
+        let mut escaped = false;
+        let b = self.b;
+        let mut i = self.i;
+        loop {
+            // Fast scan over plain bytes.
+            while i < b.len() && !STRING_STOP[b[i] as usize] {
+                i += 1;
+            }
+            match b.get(i) {
+                Some(b'"') => {
+                    self.i = i + 1;
+                    return Ok(RawStr {
+                        raw: &b[start..i],
+                        escaped,
+                    });
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    match b.get(i + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                        Some(b'u') => {
+                            if i + 6 > b.len() || !b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit)
+                            {
+                                self.i = i;
+                                return Err(self.syntax("invalid \\u escape in string"));
+                            }
+                            i += 6;
+                        }
+                        _ => {
+                            self.i = i;
+                            return Err(self.syntax("invalid escape in string"));
+                        }
+                    }
+                }
+                Some(_) => {
+                    self.i = i;
+                    return Err(self.syntax("control character in string (must be escaped)"));
+                }
+                None => {
+                    self.i = i;
+                    return Err(self.syntax("unterminated string"));
+                }
+            }
+        }
+    }
+
+    /// Reads a number token, checked against JSON's grammar; returns its text.
+    #[inline]
+    pub fn number(&mut self) -> Result<&'a str, Box<Fail>> {
+        let b = self.b;
+        let start = self.i;
+        let mut i = start;
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match b.get(i) {
+            Some(b'0') => i += 1,
+            Some(b'1'..=b'9') => {
+                i += 1;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+            }
+            _ => {
+                self.i = i;
+                return Err(self.syntax("invalid number"));
+            }
+        }
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let digits = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i == digits {
+                self.i = i;
+                return Err(self.syntax("invalid number (no digits after '.')"));
+            }
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            let digits = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i == digits {
+                self.i = i;
+                return Err(self.syntax("invalid number (no digits in exponent)"));
+            }
+        }
+        self.i = i;
+        Ok(utf8(&b[start..i]))
+    }
+
+    /// Consumes the literal `word` (`true`, `false`, `null`).
+    #[inline]
+    pub fn literal(&mut self, word: &'static [u8]) -> Result<(), Box<Fail>> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(self.syntax("invalid literal"))
+        }
+    }
+
+    /// Skips one value, checking its syntax. With `out`, also writes it as compact JSON text.
+    pub fn skip(&mut self, mut out: Option<&mut Vec<u8>>, depth: usize) -> Result<(), Box<Fail>> {
+        if depth > MAX_DEPTH {
+            return Err(self.syntax("nested too deeply"));
+        }
+        match self.peek()? {
+            b'"' => {
+                let start = self.i;
+                self.string()?;
+                if let Some(out) = out {
+                    out.extend_from_slice(&self.b[start..self.i]);
+                }
+            }
+            b'{' => {
+                self.i += 1;
+                if let Some(o) = out.as_deref_mut() {
+                    o.push(b'{');
+                }
+                if self.peek()? == b'}' {
+                    self.i += 1;
+                } else {
+                    loop {
+                        if self.peek()? != b'"' {
+                            return Err(self.syntax("expected a string key"));
+                        }
+                        let start = self.i;
+                        self.string()?;
+                        if let Some(o) = out.as_deref_mut() {
+                            o.extend_from_slice(&self.b[start..self.i]);
+                            o.push(b':');
+                        }
+                        self.eat(b':', "':'")?;
+                        self.skip(out.as_deref_mut(), depth + 1)?;
+                        if !self.next_or_close(b'}')? {
+                            break;
+                        }
+                        if let Some(o) = out.as_deref_mut() {
+                            o.push(b',');
+                        }
+                    }
+                }
+                if let Some(o) = out {
+                    o.push(b'}');
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                if let Some(o) = out.as_deref_mut() {
+                    o.push(b'[');
+                }
+                if self.peek()? == b']' {
+                    self.i += 1;
+                } else {
+                    loop {
+                        self.skip(out.as_deref_mut(), depth + 1)?;
+                        if !self.next_or_close(b']')? {
+                            break;
+                        }
+                        if let Some(o) = out.as_deref_mut() {
+                            o.push(b',');
+                        }
+                    }
+                }
+                if let Some(o) = out {
+                    o.push(b']');
+                }
+            }
+            b't' => {
+                self.literal(b"true")?;
+                if let Some(o) = out {
+                    o.extend_from_slice(b"true");
+                }
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                if let Some(o) = out {
+                    o.extend_from_slice(b"false");
+                }
+            }
+            b'n' => {
+                self.literal(b"null")?;
+                if let Some(o) = out {
+                    o.extend_from_slice(b"null");
+                }
+            }
+            _ => {
+                let n = self.number()?;
+                if let Some(o) = out {
+                    o.extend_from_slice(n.as_bytes());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that only whitespace is left.
+    pub fn end(&mut self) -> Result<(), Box<Fail>> {
+        self.ws();
+        if self.i == self.b.len() {
+            Ok(())
+        } else {
+            Err(self.syntax("unexpected data after the record"))
+        }
+    }
+}
+
+/// Unescapes a string body (already checked by [`Cursor::string`]) onto `out`.
+pub(crate) fn unescape_into(raw: &[u8], out: &mut Vec<u8>, at: usize) -> Result<(), Box<Fail>> {
+    let bad = |msg: &str| Fail::not_json(format!("{msg} in string near byte {at}"));
+    let mut i = 0;
+    while i < raw.len() {
+        let plain = raw[i..]
+            .iter()
+            .position(|&c| c == b'\\')
+            .unwrap_or(raw.len() - i);
+        out.extend_from_slice(&raw[i..i + plain]);
+        i += plain;
+        if i >= raw.len() {
+            break;
+        }
+        let c = raw[i + 1];
+        i += 2;
+        let ch = match c {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 8,
+            b'f' => 12,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            _ => {
+                let hi = hex4(&raw[i..i + 4]);
+                i += 4;
+                let code = if (0xD800..0xDC00).contains(&hi) {
+                    if raw.get(i..i + 2) != Some(b"\\u") || i + 6 > raw.len() {
+                        return Err(bad("lone surrogate \\u escape"));
+                    }
+                    let lo = hex4(&raw[i + 2..i + 6]);
+                    if !(0xDC00..0xE000).contains(&lo) {
+                        return Err(bad("lone surrogate \\u escape"));
+                    }
+                    i += 6;
+                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                } else if (0xDC00..0xE000).contains(&hi) {
+                    return Err(bad("lone surrogate \\u escape"));
+                } else {
+                    hi
+                };
+                let ch = char::from_u32(code).ok_or_else(|| bad("invalid \\u escape"))?;
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                continue;
+            }
+        };
+        out.push(ch);
+    }
+    Ok(())
+}
+
+fn hex4(b: &[u8]) -> u32 {
+    b.iter().fold(0, |acc, &c| {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => c - b'A' + 10,
+        };
+        acc * 16 + d as u32
+    })
+}
+
+/// A short excerpt of the input around `i`, for syntax errors.
+pub(crate) fn near(b: &[u8], i: usize) -> String {
+    if b.is_empty() {
+        return " (empty record)".to_owned();
+    }
+    let start = i.saturating_sub(20);
+    let end = (i + 20).min(b.len());
+    format!(" near {:?}", String::from_utf8_lossy(&b[start..end]))
+}

@@ -1,0 +1,1190 @@
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type,
+    Time64MicrosecondType, TimestampMicrosecondType, TimestampNanosecondType,
+};
+use arrow_array::{Array, RecordBatch};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate};
+use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
+
+use super::*;
+
+const SEED: &str = "CREATE TABLE test_table (
+   bool BOOLEAN, floating DOUBLE, integer BIGINT, string VARCHAR,
+   bools ARRAY(BOOLEAN), floatings ARRAY(DOUBLE), integers ARRAY(BIGINT), strings ARRAY(VARCHAR),
+   string_map MAP(VARCHAR, VARCHAR), nested ROW(key VARCHAR, value BIGINT),
+   timestamp TIMESTAMP(6) WITH TIME ZONE)
+WITH (format = 'PARQUET', partitioning = ARRAY['day(timestamp)']);";
+
+pub(crate) const ORIGIN: Origin<'static> = Origin {
+    topic: "events",
+    partition: 3,
+    offset: 1812,
+};
+
+pub(crate) fn schema_of(columns: &str) -> Schema {
+    let sql = format!("CREATE TABLE t ({columns})");
+    let stmt =
+        crate::ddl::parse_create_table(&sql).unwrap_or_else(|e| panic!("{}", e.render(&sql)));
+    crate::table::schema_from_columns(&stmt.columns).unwrap()
+}
+
+fn seed_schema() -> Schema {
+    let mut stmt = crate::ddl::parse_create_table(SEED).unwrap();
+    let id = crate::ddl::parse_create_table("CREATE TABLE x (id BIGINT)").unwrap();
+    stmt.columns.extend(id.columns);
+    crate::table::schema_from_columns(&stmt.columns).unwrap()
+}
+
+fn decoder(columns: &str) -> Decoder {
+    Decoder::new(&schema_of(columns), DecodeOptions::default()).unwrap()
+}
+
+fn decoder_with(columns: &str, options: DecodeOptions) -> Decoder {
+    Decoder::new(&schema_of(columns), options).unwrap()
+}
+
+/// Decodes each record (all must succeed) and returns the batch.
+fn batch(dec: &mut Decoder, records: &[&str]) -> RecordBatch {
+    for r in records {
+        if let Err(e) = dec.append(r.as_bytes(), &ORIGIN) {
+            panic!("{r}: {e}");
+        }
+    }
+    dec.finish()
+}
+
+/// Decodes one record of a one-column table `c` that must fail; returns the error.
+fn fails(columns: &str, record: &str) -> RecordError {
+    let mut dec = decoder(columns);
+    let err = dec
+        .append(record.as_bytes(), &ORIGIN)
+        .expect_err(&format!("{record} should fail for {columns}"));
+    assert_eq!(dec.len(), 0);
+    err
+}
+
+fn one(columns: &str, record: &str) -> RecordBatch {
+    batch(&mut decoder(columns), &[record])
+}
+
+fn ts(s: &str) -> DateTime<FixedOffset> {
+    DateTime::parse_from_rfc3339(s).unwrap()
+}
+
+// ---- the seed -----------------------------------------------------------------------------------
+
+#[test]
+fn arrow_schema_is_the_iceberg_crates() {
+    let schema = seed_schema();
+    let dec = Decoder::new(&schema, DecodeOptions::default()).unwrap();
+    let expected = iceberg::arrow::schema_to_arrow_schema(&schema).unwrap();
+    assert_eq!(*dec.arrow_schema(), expected);
+    let mut dec = dec;
+    assert_eq!(*dec.finish().schema(), expected);
+}
+
+#[test]
+fn seed_record_and_a_thousand_samples() {
+    let schema = seed_schema();
+    let mut dec = Decoder::new(&schema, DecodeOptions::default()).unwrap();
+    let when = ts("2022-07-26T00:41:48.046773-07:00");
+    let seed = crate::sample::seed_record(when).to_string();
+    dec.append(seed.as_bytes(), &ORIGIN).unwrap();
+    let samples: Vec<serde_json::Value> = (1..=1000)
+        .map(|id| crate::sample::sample_record(id, when))
+        .collect();
+    for s in &samples {
+        dec.append(s.to_string().as_bytes(), &ORIGIN).unwrap();
+    }
+    assert_eq!(dec.len(), 1001);
+    assert!(dec.buffered_bytes() > 1001 * 50);
+    assert_eq!(dec.ignored_fields(), 0);
+    let b = dec.finish();
+    assert!(dec.is_empty());
+    assert_eq!(b.num_rows(), 1001);
+    let col = |name: &str| b.column_by_name(name).unwrap().clone();
+
+    // The seed row.
+    assert!(col("bool").as_boolean().value(0));
+    assert_eq!(col("floating").as_primitive::<Float64Type>().value(0), 0.01);
+    assert_eq!(col("integer").as_primitive::<Int64Type>().value(0), 1);
+    assert_eq!(col("string").as_string::<i32>().value(0), "value");
+    assert!(col("id").is_null(0));
+    let micros = when.timestamp_micros();
+    assert_eq!(
+        col("timestamp")
+            .as_primitive::<TimestampMicrosecondType>()
+            .value(0),
+        micros
+    );
+    let strings = col("strings");
+    let strings = strings.as_list::<i32>().value(0);
+    let strings: Vec<&str> = strings
+        .as_string::<i32>()
+        .iter()
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(strings, ["a", "b", "c"]);
+    let map = col("string_map");
+    let map = map.as_map();
+    let entries = map.value(0);
+    let keys: Vec<_> = entries
+        .column(0)
+        .as_string::<i32>()
+        .iter()
+        .map(Option::unwrap)
+        .collect();
+    let values: Vec<_> = entries
+        .column(1)
+        .as_string::<i32>()
+        .iter()
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(keys, ["k1", "k2"]);
+    assert_eq!(values, ["v1", "v2"]);
+    let nested = col("nested");
+    let nested = nested.as_struct();
+    assert_eq!(nested.column(0).as_string::<i32>().value(0), "key name");
+    assert_eq!(nested.column(1).as_primitive::<Int64Type>().value(0), 1);
+
+    // Every sample row, against the JSON it came from.
+    for (i, s) in samples.iter().enumerate() {
+        let r = i + 1;
+        assert_eq!(
+            col("id").as_primitive::<Int64Type>().value(r),
+            s["id"].as_i64().unwrap()
+        );
+        assert_eq!(
+            col("bool").as_boolean().value(r),
+            s["bool"].as_bool().unwrap()
+        );
+        assert_eq!(
+            col("floating").as_primitive::<Float64Type>().value(r),
+            s["floating"].as_f64().unwrap()
+        );
+        assert_eq!(
+            col("integer").as_primitive::<Int64Type>().value(r),
+            s["integer"].as_i64().unwrap()
+        );
+        assert_eq!(
+            col("string").as_string::<i32>().value(r),
+            s["string"].as_str().unwrap()
+        );
+        let bools = col("bools");
+        let bools = bools.as_list::<i32>().value(r);
+        let expected: Vec<bool> = s["bools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_bool().unwrap())
+            .collect();
+        assert_eq!(
+            bools
+                .as_boolean()
+                .iter()
+                .map(Option::unwrap)
+                .collect::<Vec<_>>(),
+            expected
+        );
+        let fl = col("floatings");
+        let fl = fl.as_list::<i32>().value(r);
+        let expected: Vec<f64> = s["floatings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(fl.as_primitive::<Float64Type>().values().to_vec(), expected);
+        let ints = col("integers");
+        let ints = ints.as_list::<i32>().value(r);
+        let expected: Vec<i64> = s["integers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert_eq!(ints.as_primitive::<Int64Type>().values().to_vec(), expected);
+        let strs = col("strings");
+        let strs = strs.as_list::<i32>().value(r);
+        let expected: Vec<&str> = s["strings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            strs.as_string::<i32>()
+                .iter()
+                .map(Option::unwrap)
+                .collect::<Vec<_>>(),
+            expected
+        );
+        let map = col("string_map");
+        let entries = map.as_map().value(r);
+        let obj = s["string_map"].as_object().unwrap();
+        assert_eq!(entries.len(), obj.len());
+        for (j, (k, v)) in obj.iter().enumerate() {
+            assert_eq!(entries.column(0).as_string::<i32>().value(j), k);
+            assert_eq!(
+                entries.column(1).as_string::<i32>().value(j),
+                v.as_str().unwrap()
+            );
+        }
+        let nested = col("nested");
+        let nested = nested.as_struct();
+        assert_eq!(
+            nested.column(0).as_string::<i32>().value(r),
+            s["nested"]["key"].as_str().unwrap()
+        );
+        assert_eq!(
+            nested.column(1).as_primitive::<Int64Type>().value(r),
+            s["nested"]["value"].as_i64().unwrap()
+        );
+        assert_eq!(
+            col("timestamp")
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(r),
+            micros
+        );
+    }
+}
+
+#[test]
+fn bad_sample_records_are_isolated_and_classified() {
+    let mut dec = Decoder::new(&seed_schema_with_required_id(), DecodeOptions::default()).unwrap();
+    let when = ts("2022-07-26T00:41:48.046773-07:00");
+    let expected = [
+        RecordErrorKind::NotJson,
+        RecordErrorKind::WrongType,
+        RecordErrorKind::MissingRequired,
+        RecordErrorKind::OutOfRange,
+        RecordErrorKind::InvalidUtf8,
+    ];
+    for (kind, want) in expected.iter().enumerate() {
+        let good = crate::sample::sample_record(kind as u64 * 2, when).to_string();
+        dec.append(good.as_bytes(), &ORIGIN).unwrap();
+        let bad = crate::sample::bad_record(kind as u64 * 2 + 1, kind, when);
+        let err = dec.append(&bad, &ORIGIN).unwrap_err();
+        assert_eq!(err.kind(), *want, "{err}");
+        assert_eq!(err.kind().as_str(), crate::sample::BAD_KINDS[kind]);
+        assert!(
+            err.to_string()
+                .ends_with("(topic events, partition 3, offset 1812)"),
+            "{err}"
+        );
+    }
+    let b = dec.finish();
+    assert_eq!(b.num_rows(), 5);
+    let ids = b
+        .column_by_name("id")
+        .unwrap()
+        .as_primitive::<Int64Type>()
+        .values()
+        .to_vec();
+    assert_eq!(ids, [0, 2, 4, 6, 8]);
+}
+
+fn seed_schema_with_required_id() -> Schema {
+    let mut stmt = crate::ddl::parse_create_table(SEED).unwrap();
+    let id = crate::ddl::parse_create_table("CREATE TABLE x (id BIGINT NOT NULL)").unwrap();
+    stmt.columns.extend(id.columns);
+    crate::table::schema_from_columns(&stmt.columns).unwrap()
+}
+
+// ---- errors -------------------------------------------------------------------------------------
+
+#[test]
+fn error_messages_name_column_expectation_value_and_origin() {
+    let e = fails("ts TIMESTAMP(6) WITH TIME ZONE", r#"{"ts": "yesterday"}"#);
+    assert_eq!(e.kind(), RecordErrorKind::WrongType);
+    assert_eq!(e.column(), "ts");
+    assert_eq!(e.origin().topic, "events");
+    assert_eq!(e.origin().partition, 3);
+    assert_eq!(e.origin().offset, 1812);
+    let text = e.to_string();
+    assert!(
+        text.starts_with("column \"ts\": expected a timestamp with time zone"),
+        "{text}"
+    );
+    assert!(text.contains("got \"yesterday\""), "{text}");
+    assert!(
+        text.ends_with("(topic events, partition 3, offset 1812)"),
+        "{text}"
+    );
+
+    let e = fails(
+        "n ROW(a ARRAY(MAP(VARCHAR, INTEGER)))",
+        r#"{"n": {"a": [{}, {"x": 1, "y": "z"}]}}"#,
+    );
+    assert_eq!(e.column(), r#"n.a[1]["y"]"#);
+    assert_eq!(e.kind(), RecordErrorKind::WrongType);
+
+    let long = "x".repeat(1000);
+    let e = fails("i INTEGER", &format!(r#"{{"i": "{long}"}}"#));
+    assert!(e.message().len() < 200, "{}", e.message());
+    assert!(e.message().contains("(1000 bytes)"), "{}", e.message());
+
+    let e = fails("i INTEGER", r#"{"i": [1, 2]}"#);
+    assert_eq!(e.message(), "expected an int (32-bit integer), got [1, 2]");
+}
+
+#[test]
+fn not_json_not_utf8_not_an_object() {
+    for bad in [
+        "",
+        "   ",
+        "{",
+        r#"{"a": 1,}"#,
+        r#"{"a" 1}"#,
+        "{} x",
+        r#"{"a": tru}"#,
+        r#"{"a": "\x"}"#,
+        "{\"a\": \"\u{1}\"}",
+        r#"{"a": 01}"#,
+        r#"{"a": 1.}"#,
+        r#"{"a": -}"#,
+        r#"{"a": "\ud800"}"#,
+    ] {
+        let e = fails("a VARCHAR", bad);
+        assert_eq!(e.kind(), RecordErrorKind::NotJson, "{bad:?}: {e}");
+        assert_eq!(e.column(), "");
+    }
+    // Syntax errors in fields the table does not have are still errors.
+    assert_eq!(
+        fails("a VARCHAR", r#"{"b": [1, }"#).kind(),
+        RecordErrorKind::NotJson
+    );
+    for bad in ["[1]", "1", "\"x\"", "null"] {
+        assert_eq!(
+            fails("a VARCHAR", bad).kind(),
+            RecordErrorKind::NotAnObject,
+            "{bad}"
+        );
+    }
+    let mut dec = decoder("a VARCHAR");
+    let e = dec.append(b"{\"a\": \"\xff\"}", &ORIGIN).unwrap_err();
+    assert_eq!(e.kind(), RecordErrorKind::InvalidUtf8);
+    // Deep nesting is refused, not a stack overflow.
+    let deep = format!("{{\"b\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(fails("a VARCHAR", &deep).kind(), RecordErrorKind::NotJson);
+}
+
+#[test]
+fn a_failed_record_leaves_no_trace() {
+    let cols = "a BIGINT, l ARRAY(ROW(x VARCHAR, m MAP(VARCHAR, ARRAY(INTEGER)))), s VARCHAR";
+    let mut dec = decoder(cols);
+    let good = r#"{"a": 1, "l": [{"x": "p", "m": {"k": [1, 2]}}], "s": "ok"}"#;
+    // Fails deep inside, after much of the record was written.
+    let bad = r#"{"a": 2, "l": [{"x": "q", "m": {"k": [3]}}, {"x": "r", "m": {"k": [4, "five"]}}], "s": "no"}"#;
+    let bad_late = r#"{"a": 3, "l": [], "s": "no", "extra": 1} trailing"#;
+    dec.append(good.as_bytes(), &ORIGIN).unwrap();
+    assert_eq!(
+        dec.append(bad.as_bytes(), &ORIGIN).unwrap_err().column(),
+        r#"l[1].m["k"][1]"#
+    );
+    assert!(dec.append(bad_late.as_bytes(), &ORIGIN).is_err());
+    dec.append(good.as_bytes(), &ORIGIN).unwrap();
+    assert_eq!(dec.ignored_fields(), 0);
+    let b = dec.finish();
+    let mut single = decoder(cols);
+    let expected = batch(&mut single, &[good, good]);
+    assert_eq!(b, expected);
+}
+
+// ---- null, missing, extra -----------------------------------------------------------------------
+
+#[test]
+fn missing_and_null_are_null_unless_required() {
+    let b = one(
+        "a BIGINT, b VARCHAR, c ARRAY(INTEGER), d ROW(x INTEGER), e MAP(VARCHAR, INTEGER)",
+        r#"{"b": null}"#,
+    );
+    for c in b.columns() {
+        assert!(c.is_null(0));
+    }
+    let e = fails("a BIGINT NOT NULL, b VARCHAR", r#"{"b": "x"}"#);
+    assert_eq!(
+        (e.kind(), e.column()),
+        (RecordErrorKind::MissingRequired, "a")
+    );
+    let e = fails("a BIGINT NOT NULL", r#"{"a": null}"#);
+    assert_eq!(
+        (e.kind(), e.column()),
+        (RecordErrorKind::MissingRequired, "a")
+    );
+    // A required column's value is fine.
+    let b = one("a BIGINT NOT NULL", r#"{"a": 5}"#);
+    assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 5);
+}
+
+#[test]
+fn extra_fields_are_ignored_and_counted() {
+    let mut dec = decoder("a BIGINT, n ROW(x INTEGER)");
+    let b = batch(
+        &mut dec,
+        &[
+            r#"{"z": {"deep": [1, {"q": null}]}, "a": 1, "n": {"x": 2, "y": 3}, "w": "s"}"#,
+            r#"{"a": 2}"#,
+        ],
+    );
+    assert_eq!(dec.ignored_fields(), 3);
+    assert_eq!(
+        b.column(0).as_primitive::<Int64Type>().values().to_vec(),
+        [1, 2]
+    );
+    // Counting does not reset with finish.
+    batch(&mut dec, &[r#"{"b": 1}"#]);
+    assert_eq!(dec.ignored_fields(), 4);
+}
+
+#[test]
+fn repeated_keys_last_wins() {
+    let b = one(
+        "a BIGINT, n ROW(x VARCHAR, y INTEGER), s VARCHAR",
+        r#"{"a": 1, "n": {"x": "p", "x": "q"}, "a": 2, "s": "t"}"#,
+    );
+    assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 2);
+    let n = b.column(1).as_struct();
+    assert_eq!(n.column(0).as_string::<i32>().value(0), "q");
+    assert!(n.column(1).is_null(0));
+    assert_eq!(b.column(2).as_string::<i32>().value(0), "t");
+}
+
+// ---- primitives ---------------------------------------------------------------------------------
+
+fn ints(columns: &str, records: &[&str]) -> Vec<i64> {
+    let b = batch(&mut decoder(columns), records);
+    let c = b.column(0);
+    match c.data_type() {
+        arrow_schema::DataType::Int32 => c
+            .as_primitive::<Int32Type>()
+            .values()
+            .iter()
+            .map(|&v| v as i64)
+            .collect(),
+        _ => c.as_primitive::<Int64Type>().values().to_vec(),
+    }
+}
+
+#[test]
+fn booleans() {
+    let b = batch(
+        &mut decoder("b BOOLEAN"),
+        &[
+            r#"{"b": true}"#,
+            r#"{"b": false}"#,
+            r#"{"b": "true"}"#,
+            r#"{"b": "false"}"#,
+        ],
+    );
+    let v: Vec<_> = b
+        .column(0)
+        .as_boolean()
+        .iter()
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(v, [true, false, true, false]);
+    for bad in ["1", "\"yes\"", "[]", "{}"] {
+        assert_eq!(
+            fails("b BOOLEAN", &format!(r#"{{"b": {bad}}}"#)).kind(),
+            RecordErrorKind::WrongType,
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn ints_and_longs_are_exact() {
+    let recs = [
+        r#"{"i": 0}"#,
+        r#"{"i": -2147483648}"#,
+        r#"{"i": 2147483647}"#,
+        r#"{"i": "42"}"#,
+        r#"{"i": "-7"}"#,
+        r#"{"i": 1e3}"#,
+        r#"{"i": 1.0}"#,
+        r#"{"i": 12.50e1}"#,
+        r#"{"i": -0}"#,
+    ];
+    assert_eq!(
+        ints("i INTEGER", &recs),
+        [0, -2147483648, 2147483647, 42, -7, 1000, 1, 125, 0]
+    );
+    let recs = [
+        r#"{"l": -9223372036854775808}"#,
+        r#"{"l": 9223372036854775807}"#,
+        r#"{"l": "9223372036854775807"}"#,
+        r#"{"l": 123456789012345678}"#,
+        r#"{"l": 1234567890123456789}"#,
+        r#"{"l": 9.2e18}"#,
+    ];
+    assert_eq!(
+        ints("l BIGINT", &recs),
+        [
+            i64::MIN,
+            i64::MAX,
+            i64::MAX,
+            123456789012345678,
+            1234567890123456789,
+            9_200_000_000_000_000_000
+        ]
+    );
+    for (cols, v) in [
+        ("i INTEGER", "2147483648"),
+        ("i INTEGER", "-2147483649"),
+        ("i INTEGER", "1e10"),
+        ("i BIGINT", "9223372036854775808"),
+        ("i BIGINT", "-9223372036854775809"),
+        ("i BIGINT", "1e30"),
+        ("i BIGINT", "1e1000000"),
+        ("i BIGINT", "123456789012345678901234567890123456789012"),
+    ] {
+        let e = fails(cols, &format!(r#"{{"i": {v}}}"#));
+        assert_eq!(e.kind(), RecordErrorKind::OutOfRange, "{cols} {v}: {e}");
+    }
+    for v in [
+        "1.5", "\"1.5\"", "\"abc\"", "\"\"", "\" 1\"", "true", "1e-1",
+    ] {
+        let e = fails("i BIGINT", &format!(r#"{{"i": {v}}}"#));
+        assert_eq!(e.kind(), RecordErrorKind::WrongType, "{v}: {e}");
+    }
+}
+
+#[test]
+fn floats_and_doubles() {
+    let b = batch(
+        &mut decoder("d DOUBLE, f REAL"),
+        &[
+            r#"{"d": 0.1, "f": 0.1}"#,
+            r#"{"d": "NaN", "f": "NaN"}"#,
+            r#"{"d": "Infinity", "f": "-Infinity"}"#,
+            r#"{"d": "-2.5e-3", "f": "3"}"#,
+            r#"{"d": 1.7976931348623157e308, "f": 3.4028235e38}"#,
+            r#"{"d": 5e-324, "f": -0.0}"#,
+            r#"{"d": 12345678901234567890, "f": 1}"#,
+        ],
+    );
+    let d = b.column(0).as_primitive::<Float64Type>().values();
+    let f = b.column(1).as_primitive::<Float32Type>().values();
+    assert_eq!(d[0], 0.1);
+    assert_eq!(f[0], 0.1f32);
+    assert!(d[1].is_nan() && f[1].is_nan());
+    assert_eq!((d[2], f[2]), (f64::INFINITY, f32::NEG_INFINITY));
+    assert_eq!((d[3], f[3]), (-0.0025, 3.0));
+    assert_eq!((d[4], f[4]), (f64::MAX, f32::MAX));
+    assert_eq!(d[5], 5e-324);
+    assert!(f[5] == 0.0 && f[5].is_sign_negative());
+    assert_eq!(d[6], 12345678901234567890.0);
+    assert_eq!(
+        fails("d DOUBLE", r#"{"d": 1e400}"#).kind(),
+        RecordErrorKind::OutOfRange
+    );
+    assert_eq!(
+        fails("f REAL", r#"{"f": 1e39}"#).kind(),
+        RecordErrorKind::OutOfRange
+    );
+    for v in ["\"inf\"", "\"nan\"", "\"1x\"", "true", "[]"] {
+        assert_eq!(
+            fails("d DOUBLE", &format!(r#"{{"d": {v}}}"#)).kind(),
+            RecordErrorKind::WrongType,
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn decimals_are_exact() {
+    let recs = [
+        r#"{"d": 123.45}"#,
+        r#"{"d": "123.45"}"#,
+        r#"{"d": -0.01}"#,
+        r#"{"d": 12.3}"#,
+        r#"{"d": 7}"#,
+        r#"{"d": 1.2e2}"#,
+        r#"{"d": 999.99}"#,
+        r#"{"d": "-999.99"}"#,
+        r#"{"d": 1.50000}"#,
+        r#"{"d": 0.1}"#,
+    ];
+    let b = batch(&mut decoder("d DECIMAL(5, 2)"), &recs);
+    let d = b.column(0).as_primitive::<Decimal128Type>();
+    assert_eq!(d.precision(), 5);
+    assert_eq!(d.scale(), 2);
+    assert_eq!(
+        d.values().to_vec(),
+        [12345, 12345, -1, 1230, 700, 12000, 99999, -99999, 150, 10]
+    );
+    for v in ["123.456", "1000", "1000.00", "\"0.001\"", "1e3"] {
+        let e = fails("d DECIMAL(5, 2)", &format!(r#"{{"d": {v}}}"#));
+        assert_eq!(e.kind(), RecordErrorKind::OutOfRange, "{v}: {e}");
+    }
+    assert_eq!(
+        fails("d DECIMAL(5, 2)", r#"{"d": "1,5"}"#).kind(),
+        RecordErrorKind::WrongType
+    );
+    // 38 digits, beyond what a double can hold exactly.
+    let max = "9".repeat(38);
+    let b = one("d DECIMAL(38, 0)", &format!(r#"{{"d": {max}}}"#));
+    assert_eq!(
+        b.column(0).as_primitive::<Decimal128Type>().value(0),
+        max.parse::<i128>().unwrap()
+    );
+    let b = one(
+        "d DECIMAL(38, 10)",
+        r#"{"d": "-1234567890123456789012345678.0123456789"}"#,
+    );
+    assert_eq!(
+        b.column(0).as_primitive::<Decimal128Type>().value(0),
+        -12345678901234567890123456780123456789
+    );
+    assert_eq!(
+        fails("d DECIMAL(38, 0)", &format!(r#"{{"d": 1{max}}}"#)).kind(),
+        RecordErrorKind::OutOfRange
+    );
+}
+
+#[test]
+fn strings_keep_unicode_escapes_and_other_json_as_text() {
+    let recs = [
+        r#"{"s": "plain"}"#,
+        r#"{"s": "ünï €"}"#,
+        r#"{"s": "q\"b\\s\/n\nt\tu\u00e9\ud83d\ude00"}"#,
+        r#"{"s": ""}"#,
+        r#"{"s": 12.50}"#,
+        r#"{"s": true}"#,
+        r#"{"s": { "a" : [1, 2 , {"b": null}], "c\n": "d" } }"#,
+        r#"{"s": []}"#,
+    ];
+    let b = batch(&mut decoder("s VARCHAR"), &recs);
+    let s: Vec<_> = b
+        .column(0)
+        .as_string::<i32>()
+        .iter()
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(
+        s,
+        [
+            "plain",
+            "ünï €",
+            "q\"b\\s/n\nt\tué😀",
+            "",
+            "12.50",
+            "true",
+            r#"{"a":[1,2,{"b":null}],"c\n":"d"}"#,
+            "[]"
+        ]
+    );
+}
+
+#[test]
+fn dates_including_leap_days_and_extremes() {
+    let recs = [
+        r#"{"d": "1970-01-01"}"#,
+        r#"{"d": "2024-02-29"}"#,
+        r#"{"d": "2000-02-29"}"#,
+        r#"{"d": "0001-01-01"}"#,
+        r#"{"d": "9999-12-31"}"#,
+        r#"{"d": "1969-12-31"}"#,
+    ];
+    let b = batch(&mut decoder("d DATE"), &recs);
+    let days = |y, m, d| {
+        (NaiveDate::from_ymd_opt(y, m, d).unwrap() - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap())
+            .num_days() as i32
+    };
+    assert_eq!(
+        b.column(0).as_primitive::<Date32Type>().values().to_vec(),
+        [
+            0,
+            days(2024, 2, 29),
+            days(2000, 2, 29),
+            days(1, 1, 1),
+            days(9999, 12, 31),
+            -1
+        ]
+    );
+    for v in [
+        "2023-02-29",
+        "1900-02-29",
+        "2024-13-01",
+        "2024-04-31",
+        "2024-4-1",
+        "24-01-01",
+        "2024-01-01T00:00:00",
+        "20240101",
+    ] {
+        let e = fails("d DATE", &format!(r#"{{"d": "{v}"}}"#));
+        assert_eq!(e.kind(), RecordErrorKind::WrongType, "{v}");
+    }
+    assert_eq!(
+        fails("d DATE", r#"{"d": 19000}"#).kind(),
+        RecordErrorKind::WrongType
+    );
+}
+
+#[test]
+fn times_keep_microseconds() {
+    let recs = [
+        r#"{"t": "00:00:00"}"#,
+        r#"{"t": "23:59:59.999999"}"#,
+        r#"{"t": "12:34:56.5"}"#,
+        r#"{"t": "12:34"}"#,
+        r#"{"t": "01:02:03.123456789"}"#,
+    ];
+    let b = batch(&mut decoder("t TIME(6)"), &recs);
+    assert_eq!(
+        b.column(0)
+            .as_primitive::<Time64MicrosecondType>()
+            .values()
+            .to_vec(),
+        [
+            0,
+            86_399_999_999,
+            45_296_500_000,
+            45_240_000_000,
+            3_723_123_456
+        ]
+    );
+    for v in [
+        "24:00:00",
+        "23:60:00",
+        "23:59:60",
+        "1:02:03",
+        "12:34:56.",
+        "12:34:56.1234567890",
+        "12:34:56Z",
+    ] {
+        assert_eq!(
+            fails("t TIME(6)", &format!(r#"{{"t": "{v}"}}"#)).kind(),
+            RecordErrorKind::WrongType,
+            "{v}"
+        );
+    }
+}
+
+fn micros(s: &str) -> i64 {
+    DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros()
+}
+
+#[test]
+fn local_timestamps() {
+    let recs = [
+        r#"{"t": "2022-07-26T00:41:48.046773"}"#,
+        r#"{"t": "2022-07-26 00:41:48"}"#,
+        r#"{"t": "2022-07-26T00:41:48.046773-07:00"}"#,
+        r#"{"t": 1658796108046}"#,
+        r#"{"t": "1969-12-31T23:59:59.999999"}"#,
+    ];
+    let b = batch(&mut decoder("t TIMESTAMP(6)"), &recs);
+    let t = b.column(0).as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(
+        t.data_type(),
+        &arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, None)
+    );
+    assert_eq!(
+        t.values().to_vec(),
+        [
+            micros("2022-07-26T00:41:48.046773Z"),
+            micros("2022-07-26T00:41:48Z"),
+            micros("2022-07-26T07:41:48.046773Z"),
+            1_658_796_108_046_000,
+            -1
+        ]
+    );
+}
+
+#[test]
+fn timestamps_with_zone() {
+    let recs = [
+        r#"{"t": "2022-07-26T00:41:48.046773-07:00"}"#,
+        r#"{"t": "2022-07-26T07:41:48.046773Z"}"#,
+        r#"{"t": "2022-07-26T00:41:48.046773-07:00[America/Los_Angeles]"}"#,
+        r#"{"t": "2022-07-26T00:41:48.046773[America/Los_Angeles]"}"#,
+        r#"{"t": "2022-07-26T07:41:48.046773"}"#,
+        r#"{"t": "2022-07-26T07:41:48.046773+0000"}"#,
+        r#"{"t": "2022-07-26T12:41:48.046773+05"}"#,
+        r#"{"t": "2022-07-26T07:41:48.046773Z[UTC]"}"#,
+        r#"{"t": "2022-07-26T07:41:48.046773z"}"#,
+        r#"{"t": "2022-07-26t07:41:48.046773Z"}"#,
+    ];
+    let b = batch(&mut decoder("t TIMESTAMP(6) WITH TIME ZONE"), &recs);
+    let t = b.column(0).as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(
+        t.data_type(),
+        &arrow_schema::DataType::Timestamp(
+            arrow_schema::TimeUnit::Microsecond,
+            Some("+00:00".into())
+        )
+    );
+    let want = micros("2022-07-26T07:41:48.046773Z");
+    assert!(t.values().iter().all(|&v| v == want), "{:?}", t.values());
+    for v in [
+        "\"2022-07-26T00:41:48[Not/AZone]\"",
+        "\"2022-07-26T00:41:48+25:00\"",
+        "\"2022-07-26T00:41:48 x\"",
+        "true",
+    ] {
+        assert_eq!(
+            fails("t TIMESTAMP(6) WITH TIME ZONE", &format!(r#"{{"t": {v}}}"#)).kind(),
+            RecordErrorKind::WrongType,
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn zone_ids_across_daylight_saving_changes() {
+    let cases = [
+        // Winter and summer offsets of the same zone.
+        ("2022-01-15T12:00:00[Europe/Berlin]", "2022-01-15T11:00:00Z"),
+        ("2022-07-15T12:00:00[Europe/Berlin]", "2022-07-15T10:00:00Z"),
+        // Spring forward: 02:30 does not exist in Los Angeles; moved later by the gap (Java's rule).
+        (
+            "2022-03-13T02:30:00[America/Los_Angeles]",
+            "2022-03-13T10:30:00Z",
+        ),
+        // Fall back: 01:30 happens twice; the earlier instant (Java's rule).
+        (
+            "2022-11-06T01:30:00[America/Los_Angeles]",
+            "2022-11-06T08:30:00Z",
+        ),
+        // An explicit offset picks the later one.
+        (
+            "2022-11-06T01:30:00-08:00[America/Los_Angeles]",
+            "2022-11-06T09:30:00Z",
+        ),
+        (
+            "2022-11-06T01:30:00-07:00[America/Los_Angeles]",
+            "2022-11-06T08:30:00Z",
+        ),
+        // Southern hemisphere.
+        (
+            "2022-04-03T02:30:00[Australia/Sydney]",
+            "2022-04-02T15:30:00Z",
+        ),
+        ("2022-07-26T12:00:00[UTC+02:00]", "2022-07-26T10:00:00Z"),
+    ];
+    let records: Vec<String> = cases
+        .iter()
+        .map(|(v, _)| format!(r#"{{"t": "{v}"}}"#))
+        .collect();
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    let b = batch(&mut decoder("t TIMESTAMP(6) WITH TIME ZONE"), &records);
+    let got = b
+        .column(0)
+        .as_primitive::<TimestampMicrosecondType>()
+        .values()
+        .to_vec();
+    let want: Vec<i64> = cases.iter().map(|(_, w)| micros(w)).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn offsetless_timestamptz_uses_the_configured_zone() {
+    let options = DecodeOptions {
+        timestamp_zone: Some(chrono_tz::America::New_York),
+        ..DecodeOptions::default()
+    };
+    let mut dec = decoder_with("t TIMESTAMP(6) WITH TIME ZONE, l TIMESTAMP(6)", options);
+    let b = batch(
+        &mut dec,
+        &[
+            r#"{"t": "2022-07-26T00:00:00", "l": "2022-07-26T00:00:00"}"#,
+            r#"{"t": "2022-01-26T00:00:00.000001", "l": "2022-01-26T00:00:00"}"#,
+            r#"{"t": "2022-07-26T00:00:00Z"}"#,
+        ],
+    );
+    let t = b
+        .column(0)
+        .as_primitive::<TimestampMicrosecondType>()
+        .values()
+        .to_vec();
+    assert_eq!(
+        t,
+        [
+            micros("2022-07-26T04:00:00Z"),
+            micros("2022-01-26T05:00:00.000001Z"),
+            micros("2022-07-26T00:00:00Z")
+        ]
+    );
+    // The zone is only for instants: a local timestamp stays as written.
+    let l = b.column(1).as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(l.value(0), micros("2022-07-26T00:00:00Z"));
+}
+
+#[test]
+fn epoch_numbers_in_the_configured_unit() {
+    let at = micros("2022-07-26T07:41:48.046773Z");
+    for (unit, value, want) in [
+        (EpochUnit::Seconds, "1658821308", at / 1_000_000 * 1_000_000),
+        (EpochUnit::Seconds, "1658821308.046773", at),
+        (EpochUnit::Millis, "1658821308046", at / 1000 * 1000),
+        (EpochUnit::Millis, "\"1658821308046\"", at / 1000 * 1000),
+        (EpochUnit::Micros, "1658821308046773", at),
+        (EpochUnit::Nanos, "1658821308046773999", at),
+        (EpochUnit::Millis, "-1", -1000),
+        (EpochUnit::Nanos, "-1", -1),
+        (EpochUnit::Micros, "0", 0),
+    ] {
+        let options = DecodeOptions {
+            epoch_unit: unit,
+            ..DecodeOptions::default()
+        };
+        let b = batch(
+            &mut decoder_with("t TIMESTAMP(6) WITH TIME ZONE", options),
+            &[&format!(r#"{{"t": {value}}}"#)],
+        );
+        assert_eq!(
+            b.column(0)
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(0),
+            want,
+            "{unit:?} {value}"
+        );
+    }
+    assert_eq!(
+        fails("t TIMESTAMP(6) WITH TIME ZONE", r#"{"t": 1e30}"#).kind(),
+        RecordErrorKind::OutOfRange
+    );
+}
+
+#[test]
+fn uuids_binary_and_fixed() {
+    let b = batch(
+        &mut decoder("u UUID, b VARBINARY"),
+        &[
+            r#"{"u": "f79c3e09-677c-4bbd-a479-3f349cb785e7", "b": "aGVsbG8="}"#,
+            r#"{"u": "F79C3E09-677C-4BBD-A479-3F349CB785E7", "b": "aGVsbG8"}"#,
+            r#"{"b": ""}"#,
+            r#"{"b": "-_8="}"#,
+        ],
+    );
+    let u = b.column(0).as_fixed_size_binary();
+    let want = uuid::Uuid::parse_str("f79c3e09-677c-4bbd-a479-3f349cb785e7").unwrap();
+    assert_eq!(u.value(0), want.as_bytes());
+    assert_eq!(u.value(1), want.as_bytes());
+    assert!(u.is_null(2));
+    let bin = b.column(1).as_binary::<i64>();
+    assert_eq!(bin.value(0), b"hello");
+    assert_eq!(bin.value(1), b"hello");
+    assert_eq!(bin.value(2), b"");
+    assert_eq!(bin.value(3), [0xfb, 0xff]);
+    assert_eq!(
+        fails("u UUID", r#"{"u": "f79c3e09"}"#).kind(),
+        RecordErrorKind::WrongType
+    );
+    assert_eq!(
+        fails("b VARBINARY", r#"{"b": "!!"}"#).kind(),
+        RecordErrorKind::WrongType
+    );
+    assert_eq!(
+        fails("b VARBINARY", r#"{"b": [1]}"#).kind(),
+        RecordErrorKind::WrongType
+    );
+
+    // Trino cannot create fixed(n); other engines can.
+    let schema = Schema::builder()
+        .with_fields(vec![Arc::new(NestedField::optional(
+            1,
+            "f",
+            Type::Primitive(PrimitiveType::Fixed(3)),
+        ))])
+        .build()
+        .unwrap();
+    let mut dec = Decoder::new(&schema, DecodeOptions::default()).unwrap();
+    dec.append(br#"{"f": "AQID"}"#, &ORIGIN).unwrap();
+    let e = dec.append(br#"{"f": "AQIDBA=="}"#, &ORIGIN).unwrap_err();
+    assert_eq!(e.kind(), RecordErrorKind::WrongType);
+    dec.append(br#"{}"#, &ORIGIN).unwrap();
+    let b = dec.finish();
+    let f = b.column(0).as_fixed_size_binary();
+    assert_eq!(f.value(0), [1, 2, 3]);
+    assert!(f.is_null(1));
+}
+
+#[test]
+fn nanosecond_timestamps() {
+    let schema = Schema::builder()
+        .with_fields(vec![
+            Arc::new(NestedField::optional(
+                1,
+                "n",
+                Type::Primitive(PrimitiveType::TimestamptzNs),
+            )),
+            Arc::new(NestedField::optional(
+                2,
+                "l",
+                Type::Primitive(PrimitiveType::TimestampNs),
+            )),
+        ])
+        .build()
+        .unwrap();
+    let mut dec = Decoder::new(&schema, DecodeOptions::default()).unwrap();
+    dec.append(
+        br#"{"n": "2022-07-26T00:41:48.046773123-07:00", "l": "1970-01-01T00:00:00.000000001"}"#,
+        &ORIGIN,
+    )
+    .unwrap();
+    let b = dec.finish();
+    let n = b.column(0).as_primitive::<TimestampNanosecondType>();
+    assert_eq!(
+        n.value(0),
+        micros("2022-07-26T07:41:48.046773Z") * 1000 + 123
+    );
+    assert_eq!(
+        b.column(1)
+            .as_primitive::<TimestampNanosecondType>()
+            .value(0),
+        1
+    );
+}
+
+// ---- nested -------------------------------------------------------------------------------------
+
+#[test]
+fn lists_maps_and_structs_nest() {
+    let cols = "l ARRAY(ARRAY(INTEGER)), m MAP(INTEGER, ARRAY(VARCHAR)), r ROW(a ROW(b ROW(c BIGINT)), d ARRAY(ROW(e DATE)))";
+    let recs = [
+        r#"{"l": [[1, 2], [], null, [3]], "m": {"1": ["x"], "-2": [], "3": null}, "r": {"a": {"b": {"c": 9}}, "d": [{"e": "2024-02-29"}, null, {}]}}"#,
+        r#"{"l": [], "m": {}, "r": {"a": {"b": null}, "d": []}}"#,
+        r#"{"l": [[null]], "r": {}}"#,
+    ];
+    let b = batch(&mut decoder(cols), &recs);
+    let l = b.column(0).as_list::<i32>();
+    let row0 = l.value(0);
+    let row0 = row0.as_list::<i32>();
+    assert_eq!(row0.len(), 4);
+    assert_eq!(
+        row0.value(0).as_primitive::<Int32Type>().values().to_vec(),
+        [1, 2]
+    );
+    assert_eq!(row0.value(1).len(), 0);
+    assert!(row0.is_null(2));
+    assert_eq!(l.value(1).len(), 0);
+    assert!(!l.is_null(1));
+    let row2 = l.value(2);
+    assert!(row2.as_list::<i32>().value(0).is_null(0));
+
+    let m = b.column(1).as_map();
+    let e = m.value(0);
+    assert_eq!(
+        e.column(0).as_primitive::<Int32Type>().values().to_vec(),
+        [1, -2, 3]
+    );
+    assert!(e.column(1).is_null(2));
+    assert_eq!(m.value(1).len(), 0);
+    assert!(!m.is_null(1));
+    assert!(m.is_null(2));
+
+    let r = b.column(2).as_struct();
+    let c = r
+        .column(0)
+        .as_struct()
+        .column(0)
+        .as_struct()
+        .column(0)
+        .as_primitive::<Int64Type>();
+    assert_eq!(c.value(0), 9);
+    assert!(r.column(0).as_struct().column(0).is_null(1));
+    assert!(r.column(0).is_null(2));
+    let d = r.column(1).as_list::<i32>().value(0);
+    let d = d.as_struct();
+    assert_eq!(d.len(), 3);
+    assert!(d.is_null(1));
+    assert!(!d.is_null(2) && d.column(0).is_null(2));
+
+    let e = fails("m MAP(INTEGER, VARCHAR)", r#"{"m": {"x": "y"}}"#);
+    assert_eq!(
+        (e.kind(), e.column()),
+        (RecordErrorKind::WrongType, r#"m["x"].key"#)
+    );
+    assert_eq!(
+        fails("l ARRAY(INTEGER)", r#"{"l": {"a": 1}}"#).kind(),
+        RecordErrorKind::WrongType
+    );
+    assert_eq!(
+        fails("r ROW(a INTEGER)", r#"{"r": [1]}"#).kind(),
+        RecordErrorKind::WrongType
+    );
+    assert_eq!(
+        fails("m MAP(VARCHAR, INTEGER)", r#"{"m": [1]}"#).kind(),
+        RecordErrorKind::WrongType
+    );
+}
+
+#[test]
+fn deep_nesting() {
+    let depth = 40;
+    let ty = (0..depth).fold("BIGINT".to_owned(), |t, _| format!("ARRAY({t})"));
+    let value = format!("{}7{}", "[".repeat(depth), "]".repeat(depth));
+    let b = one(&format!("a {ty}"), &format!(r#"{{"a": {value}}}"#));
+    let mut arr = b.column(0).clone();
+    for _ in 0..depth {
+        arr = arr.as_list::<i32>().value(0);
+    }
+    assert_eq!(arr.as_primitive::<Int64Type>().value(0), 7);
+
+    let ty = (0..depth).fold("BIGINT".to_owned(), |t, _| format!("ROW(x {t})"));
+    let value = (0..depth).fold("7".to_owned(), |v, _| format!(r#"{{"x": {v}}}"#));
+    let b = one(&format!("a {ty}"), &format!(r#"{{"a": {value}}}"#));
+    let mut arr = b.column(0).clone();
+    for _ in 0..depth {
+        arr = arr.as_struct().column(0).clone();
+    }
+    assert_eq!(arr.as_primitive::<Int64Type>().value(0), 7);
+}
+
+#[test]
+fn finish_resets_and_batches_are_independent() {
+    let mut dec = decoder("s VARCHAR, l ARRAY(VARCHAR)");
+    let a = batch(&mut dec, &[r#"{"s": "a", "l": ["x"]}"#]);
+    assert_eq!(dec.buffered_bytes(), 0);
+    let b = batch(&mut dec, &[r#"{"s": "b", "l": ["y", "z"]}"#]);
+    assert_eq!(a.column(0).as_string::<i32>().value(0), "a");
+    assert_eq!(b.column(0).as_string::<i32>().value(0), "b");
+    assert_eq!(b.column(1).as_list::<i32>().value(0).len(), 2);
+    let empty = dec.finish();
+    assert_eq!(empty.num_rows(), 0);
+    assert_eq!(empty.schema(), dec.arrow_schema());
+}
+
+#[test]
+fn setup_errors() {
+    let schema = schema_of("a BIGINT");
+    let bad_projection = DecodeOptions {
+        projections: vec![Projection {
+            column: "b".into(),
+            pointer: "/x".into(),
+        }],
+        ..DecodeOptions::default()
+    };
+    assert!(matches!(
+        Decoder::new(&schema, bad_projection),
+        Err(DecodeSetupError::UnknownColumn { .. })
+    ));
+    let bad_pointer = DecodeOptions {
+        unnest: Some("payload".into()),
+        ..DecodeOptions::default()
+    };
+    assert!(matches!(
+        Decoder::new(&schema, bad_pointer),
+        Err(DecodeSetupError::InvalidPointer { .. })
+    ));
+}
+
+#[test]
+fn days_from_civil_agrees_with_chrono() {
+    // days_from_civil against chrono over a wide range, leap years included.
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+    let mut d = NaiveDate::from_ymd_opt(1, 1, 1).unwrap();
+    while d.year() < 10_000 {
+        assert_eq!(
+            scalar::days_from_civil(d.year() as i64, d.month(), d.day()),
+            (d - epoch).num_days()
+        );
+        d += chrono::Duration::days(97);
+    }
+}
