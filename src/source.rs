@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::TopicPartitionList;
@@ -93,7 +93,7 @@ impl ConsumerContext for LoaderContext {
         tpl: &mut TopicPartitionList,
     ) {
         use rdkafka::types::RDKafkaRespErr::*;
-        let cooperative = consumer.rebalance_protocol() == RebalanceProtocol::Cooperative;
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions = partitions_of(tpl);

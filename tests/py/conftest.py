@@ -125,6 +125,25 @@ def catalog(request, tmp_path: Path, floe_bin: str) -> CatalogEnv:
     return CatalogEnv(request.param, name, data_dir, warehouse, sqlalchemy_uri, Floe(floe_bin, config))
 
 
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """The test broker's bootstrap address (127.0.0.1:<port>)."""
+    return required_env("FLOE_TEST_KAFKA")
+
+
+@pytest.fixture
+def procs():
+    """Registry of the child processes a test starts. Whatever still runs when the test ends
+    (including SIGSTOPped processes) is SIGKILLed, and the test is told about it."""
+    from loader_harness import Processes
+
+    registry = Processes()
+    yield registry
+    leftovers = registry.kill_all()
+    if leftovers:
+        print("killed processes left running by the test: " + "; ".join(leftovers))
+
+
 def duckdb_connect() -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the iceberg and avro extensions loaded from their PyPI packages
     (no download at run time: autoinstall and autoload are off)."""
