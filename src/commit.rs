@@ -162,6 +162,8 @@ pub struct Append {
     pub files: Vec<DataFile>,
     /// Unique per batch: recognises this batch's own commit after an unknown swap outcome.
     pub commit_id: String,
+    /// Other table properties written in the same commit (e.g. dead-letter topic positions).
+    pub properties: HashMap<String, String>,
     /// Filled by `build`: the ledger this append writes.
     new_ledger: Option<Ledger>,
 }
@@ -173,6 +175,7 @@ impl Append {
             ranges,
             files,
             commit_id: uuid::Uuid::now_v7().to_string(),
+            properties: HashMap::new(),
             new_ledger: None,
         }
     }
@@ -230,7 +233,8 @@ impl Operation for Append {
         let ledger = Ledger::from_properties(base.metadata.properties(), &self.pipeline)
             .expect("checked in check()")
             .advanced(&self.ranges);
-        let mut props = HashMap::from([(ledger::property_key(&self.pipeline), ledger.to_property())]);
+        let mut props = self.properties.clone();
+        props.insert(ledger::property_key(&self.pipeline), ledger.to_property());
         let table = base.name.to_string();
         self.new_ledger = Some(ledger);
         if self.files.is_empty() {
@@ -318,30 +322,20 @@ pub async fn build_snapshot(
     let attempt = uuid::Uuid::now_v7();
     let mut attempt_files = Vec::new();
 
-    // The manifest of the new files.
-    let manifest_path = format!("{meta_dir}/{attempt}-m0.avro");
-    let output = file_io.new_output(&manifest_path).map_err(io("manifest"))?;
-    let mut writer = ManifestWriterBuilder::new(
-        output,
-        Some(snapshot_id),
-        m.current_schema().clone(),
-        m.default_partition_spec().as_ref().clone(),
-    )
-    .build_v2_data();
     let (mut added_records, mut added_size) = (0u64, 0u64);
     let mut partitions = std::collections::HashSet::new();
     let added_files = files.len() as u64;
-    for f in files {
-        added_records += f.record_count();
-        added_size += f.file_size_in_bytes();
-        partitions.insert(format!("{:?}", f.partition()));
-        writer.add_file(f, sequence_number).map_err(io("manifest"))?;
-    }
-    attempt_files.push(manifest_path);
-    let new_manifest = writer.write_manifest_file().await.map_err(io("manifest"))?;
-
-    // The manifest list: the parent's manifests exactly as they are, then the new one.
     let mut manifests: Vec<ManifestFile> = Vec::new();
+    if !files.is_empty() {
+        manifests.push(write_manifest(m, file_io, &meta_dir, attempt, snapshot_id, sequence_number, files, &mut attempt_files, &mut |f| {
+            added_records += f.record_count();
+            added_size += f.file_size_in_bytes();
+            partitions.insert(format!("{:?}", f.partition()));
+        })
+        .await
+        .map_err(io("manifest"))?);
+    }
+    // The manifest list: the new manifest, then the parent's manifests exactly as they are.
     if let Some(parent) = &parent {
         let bytes = file_io
             .new_input(parent.manifest_list())
@@ -361,7 +355,6 @@ pub async fn build_snapshot(
         })?;
         manifests.extend(list.consume_entries());
     }
-    manifests.insert(0, new_manifest);
     let list_path = format!("{meta_dir}/snap-{snapshot_id}-1-{attempt}.avro");
     let out = file_io.new_output(&list_path).map_err(io("manifest list"))?;
     let mut list_writer = ManifestListWriter::v2(
@@ -437,6 +430,89 @@ pub async fn build_snapshot(
         .map_err(invalid)?
         .metadata;
     Ok((metadata, attempt_files))
+}
+
+/// Writes one manifest of ADDED entries for `files`; `seen` sees each file before it is added.
+#[allow(clippy::too_many_arguments)]
+async fn write_manifest(
+    m: &TableMetadata,
+    file_io: &FileIO,
+    meta_dir: &str,
+    attempt: uuid::Uuid,
+    snapshot_id: i64,
+    sequence_number: i64,
+    files: Vec<DataFile>,
+    attempt_files: &mut Vec<String>,
+    seen: &mut dyn FnMut(&DataFile),
+) -> Result<ManifestFile, iceberg::Error> {
+    let manifest_path = format!("{meta_dir}/{attempt}-m0.avro");
+    let output = file_io.new_output(&manifest_path)?;
+    let mut writer = ManifestWriterBuilder::new(
+        output,
+        Some(snapshot_id),
+        m.current_schema().clone(),
+        m.default_partition_spec().as_ref().clone(),
+    )
+    .build_v2_data();
+    for f in files {
+        seen(&f);
+        writer.add_file(f, sequence_number)?;
+    }
+    attempt_files.push(manifest_path);
+    writer.write_manifest_file().await
+}
+
+/// Skips one record the pipeline is stopped at: moves the ledger from `offset` to `offset + 1`
+/// in a snapshot with no files, so the decision stays in the table's history
+/// (`floe.skipped`, `floe.skip-reason` in the summary).
+pub struct Skip {
+    pub pipeline: String,
+    pub tp: crate::ledger::TopicPartition,
+    pub offset: i64,
+    pub reason: String,
+}
+
+impl Operation for Skip {
+    type Outcome = Result<String, String>;
+
+    fn check(&mut self, base: &LoadedTable) -> Result<Check<Self::Outcome>, CommitError> {
+        let ledger = Ledger::from_properties(base.metadata.properties(), &self.pipeline).map_err(|message| {
+            CommitError::Invalid { table: base.name.to_string(), message }
+        })?;
+        match ledger.get(&self.tp) {
+            Some(at) if at == self.offset => Ok(Check::Proceed),
+            None => Ok(Check::Proceed),
+            Some(at) => Ok(Check::Stop(Err(format!(
+                "pipeline {:?} is at offset {at} of {}, not at {}: floe skip only skips the record a \
+                 stopped pipeline is waiting at",
+                self.pipeline, self.tp, self.offset
+            )))),
+        }
+    }
+
+    async fn build(&mut self, base: &LoadedTable, file_io: &FileIO) -> Result<Staged, CommitError> {
+        let mut ledger = Ledger::from_properties(base.metadata.properties(), &self.pipeline).unwrap_or_default();
+        ledger.set(&self.tp, self.offset + 1);
+        let props = HashMap::from([(ledger::property_key(&self.pipeline), ledger.to_property())]);
+        let summary = HashMap::from([
+            (ledger::SUMMARY_PIPELINE.to_owned(), self.pipeline.clone()),
+            ("floe.skipped".to_owned(), format!("{}:{}", self.tp, self.offset)),
+            ("floe.skip-reason".to_owned(), self.reason.clone()),
+        ]);
+        let (metadata, attempt_files) =
+            build_snapshot(base, file_io, SnapshotOperation::Append, Vec::new(), summary, props).await?;
+        Ok(Staged { metadata, attempt_files })
+    }
+
+    fn committed(&mut self, new: &LoadedTable, _: u32) -> Self::Outcome {
+        Ok(format!(
+            "skipped {} offset {} for pipeline {:?}; recorded in snapshot {}",
+            self.tp,
+            self.offset,
+            self.pipeline,
+            new.metadata.current_snapshot().map(|s| s.snapshot_id()).unwrap_or_default()
+        ))
+    }
 }
 
 /// A positive snapshot id no snapshot of the table has.

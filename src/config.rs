@@ -56,6 +56,40 @@ pub struct Config {
     pub table: Option<TableConfig>,
     #[serde(default)]
     pub commit: CommitConfig,
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+}
+
+/// Where records that can never be written go. With neither a topic nor a table, the first such
+/// record stops the pipeline (everything before it committed, nothing after it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// A Kafka topic: the original key, value, headers and timestamp, plus headers saying where
+    /// the record came from and why it failed.
+    pub topic: Option<String>,
+    /// An Iceberg table (`namespace.table`), created on demand.
+    pub table: Option<String>,
+    /// Stop instead of dead-lettering when more than this share of the last `window` records
+    /// failed (a wrong schema or a broken producer would otherwise drain the topic).
+    pub max_ratio: Option<f64>,
+    #[serde(default = "default_ratio_window")]
+    pub window: usize,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            topic: None,
+            table: None,
+            max_ratio: None,
+            window: default_ratio_window(),
+        }
+    }
+}
+
+fn default_ratio_window() -> usize {
+    1000
 }
 
 fn default_data_dir() -> PathBuf {
@@ -247,6 +281,27 @@ impl Config {
             }
         }
         self.kafka.validate().map_err(invalid)?;
+        let dl = &self.dead_letter;
+        if let Some(r) = dl.max_ratio
+            && !(r > 0.0 && r <= 1.0)
+        {
+            return Err(invalid(format!(
+                "dead_letter.max_ratio = {r} must be above 0 and at most 1 (e.g. 0.05 for 5%)"
+            )));
+        }
+        if dl.window == 0 {
+            return Err(invalid("dead_letter.window must be at least 1".into()));
+        }
+        if let Some(t) = &dl.table {
+            TableName::parse(t).map_err(|m| invalid(format!("dead_letter.table: {m}")))?;
+        }
+        if let Some(topic) = &dl.topic
+            && self.source.topics.contains(topic)
+        {
+            return Err(invalid(format!(
+                "dead_letter.topic {topic:?} is also a source topic: dead letters would be read again"
+            )));
+        }
         Ok(())
     }
 

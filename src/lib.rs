@@ -8,10 +8,13 @@ pub mod catalog;
 pub mod commit;
 pub mod config;
 pub mod ddl;
+pub mod deadletter;
 pub mod decode;
 pub mod kafka;
 pub mod ledger;
 pub mod loader;
+#[cfg(feature = "query")]
+pub mod query;
 pub mod sample;
 pub mod source;
 pub mod table;

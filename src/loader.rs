@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::catalog::{Catalog, CatalogError};
 use crate::commit::{Append, AppendOutcome, CommitEngine, CommitError};
 use crate::config::{Config, StartPosition, TableName};
+use crate::deadletter::{DeadLetter, KafkaDeadLetters, RatioValve, TableDeadLetters};
 use crate::decode::{DecodeOptions, Decoder, Origin, RecordError};
 use crate::ledger::{Ledger, OffsetRange, TopicPartition};
 use crate::source::{self, Command, Event, Record, StartAt};
@@ -37,18 +38,35 @@ pub enum LoadError {
     Write(#[from] crate::write::WriteError),
     #[error(
         "{error}\nThe pipeline stopped at this record: everything before it is committed, nothing \
-         after it. Ways forward: fix the producer or the table schema and restart, or configure a \
-         dead-letter destination so that such records are set aside."
+         after it. Ways forward: configure a dead-letter destination (`[dead_letter] topic = ...` or \
+         `table = ...`) so such records are set aside, fix the producer or the table schema, or skip \
+         this one record with `floe skip --topic <topic> --partition <p> --offset <o>` (recorded in \
+         the table's history) and restart."
     )]
     BadRecord { error: RecordError },
     #[error("the Kafka consumer thread stopped unexpectedly")]
     ConsumerGone,
+    #[error(transparent)]
+    DeadLetter(#[from] crate::deadletter::DeadLetterError),
+    #[error(
+        "{failed_pct:.1}% of the last {window} records could not be written (dead_letter.max_ratio is \
+         {max_pct:.1}%): the table schema or the producer is probably wrong, so floe stopped instead of \
+         draining the topic into the dead-letter destination. Nothing past the last commit was \
+         written. Latest error: {last}"
+    )]
+    TooManyDeadLetters {
+        failed_pct: f64,
+        max_pct: f64,
+        window: usize,
+        last: RecordError,
+    },
 }
 
 /// What a finished run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RunReport {
     pub records: u64,
+    pub dead_letters: u64,
     pub commits: u64,
     pub fenced: u64,
 }
@@ -109,7 +127,7 @@ impl Loader {
         let catalog = Catalog::open(&config).await?;
         // Fails with "table ... does not exist ... create it with `floe table create`".
         catalog.load(&table).await?;
-        crate::kafka::check_reachable(&config.kafka, Duration::from_secs(30)).await?;
+        crate::kafka::check_reachable(&config.kafka, Duration::from_secs(10)).await?;
         Ok(Loader {
             engine: CommitEngine::new(catalog, table),
             pipeline,
@@ -130,6 +148,24 @@ impl Loader {
         let table = self.engine.load().await?;
         let decoder = Decoder::new(table.metadata.current_schema(), DecodeOptions::default())
             .map_err(|e| LoadError::Config(e.to_string()))?;
+        let dl = &self.config.dead_letter;
+        let dlq_topic = match &dl.topic {
+            Some(topic) => Some(KafkaDeadLetters::new(&self.config.kafka, topic, &self.pipeline)?),
+            None => None,
+        };
+        let dlq_table = match &dl.table {
+            Some(name) => Some(
+                TableDeadLetters::open(
+                    self.engine.catalog(),
+                    TableName::parse(name).map_err(LoadError::Config)?,
+                    &self.pipeline,
+                    self.config.commit.target_file_size,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let valve = dl.max_ratio.map(|r| RatioValve::new(r, dl.window));
         let mut state = State {
             engine: self.engine,
             pipeline: self.pipeline,
@@ -143,6 +179,11 @@ impl Loader {
             report: RunReport::default(),
             last_commit: Instant::now(),
             kafka_trouble: None,
+            dead_letters: Vec::new(),
+            dlq_topic,
+            dlq_table,
+            valve,
+            max_ratio: dl.max_ratio,
         };
         tracing::info!(pipeline = %state.pipeline, table = %state.engine.table(), topics = ?self.config.source.topics, "loader started");
         let result = state.main_loop(&mut events, shutdown).await;
@@ -180,6 +221,12 @@ struct State {
     last_commit: Instant,
     /// When Kafka started failing (logged once per episode).
     kafka_trouble: Option<Instant>,
+    /// Records of the current batch that can never be written.
+    dead_letters: Vec<DeadLetter>,
+    dlq_topic: Option<KafkaDeadLetters>,
+    dlq_table: Option<TableDeadLetters>,
+    valve: Option<RatioValve>,
+    max_ratio: Option<f64>,
 }
 
 impl State {
@@ -316,19 +363,39 @@ impl State {
             offset: r.offset,
         };
         let value = r.value.as_deref().unwrap_or(b"null");
-        match self.decoder.append(value, &origin) {
-            Ok(()) => {
-                p.first.get_or_insert(r.offset);
-                p.next = Some(r.offset + 1);
-                self.report.records += 1;
-                Ok(())
+        let outcome = self.decoder.append(value, &origin);
+        if let Some(valve) = &mut self.valve
+            && let Some(ratio) = valve.observe(outcome.is_err())
+            && let Err(last) = &outcome
+        {
+            return Err(LoadError::TooManyDeadLetters {
+                failed_pct: ratio * 100.0,
+                max_pct: self.config_max_ratio() * 100.0,
+                window: valve.window(),
+                last: last.clone(),
+            });
+        }
+        match outcome {
+            Ok(()) => self.report.records += 1,
+            Err(error) if self.dlq_topic.is_some() || self.dlq_table.is_some() => {
+                // Set aside; its offset still advances (DESIGN.md §3).
+                self.report.dead_letters += 1;
+                self.dead_letters.push(DeadLetter { record: r.clone(), error });
             }
             Err(error) => {
                 // No dead-letter destination: commit everything before this record, then stop.
                 self.flush().await?;
-                Err(LoadError::BadRecord { error })
+                return Err(LoadError::BadRecord { error });
             }
         }
+        let p = self.partitions.get_mut(&tp).expect("checked above");
+        p.first.get_or_insert(r.offset);
+        p.next = Some(r.offset + 1);
+        Ok(())
+    }
+
+    fn config_max_ratio(&self) -> f64 {
+        self.max_ratio.unwrap_or(1.0)
     }
 
     /// Commits the buffered rows and the ledger in one snapshot. Retries transient failures with
@@ -365,6 +432,21 @@ impl State {
         };
         let written: Vec<String> = files.iter().map(|f| f.file_path().to_owned()).collect();
         let mut append = Append::new(self.pipeline.clone(), ranges.clone(), files);
+        // Dead letters are written before the commit that moves the ledger past them.
+        let letters = std::mem::take(&mut self.dead_letters);
+        if !letters.is_empty() {
+            if let Some(dlq) = &self.dlq_table {
+                retrying!("writing dead letters to the table", dlq.write(&letters, &ranges));
+            }
+            if let Some(dlq) = &self.dlq_topic {
+                let key = dlq.positions_key();
+                let since = crate::deadletter::positions_from(table.metadata.properties(), &key);
+                let positions = retrying!("writing dead letters to the topic", dlq.write(&letters, &since));
+                append
+                    .properties
+                    .insert(key, serde_json::to_string(&positions).expect("positions serialize"));
+            }
+        }
         let outcome = retrying!("committing", self.engine.commit(&mut append));
         match outcome {
             AppendOutcome::Committed { snapshot_id, attempts, .. } => {
@@ -396,7 +478,9 @@ impl State {
                 crate::write::delete_files(self.engine.catalog().file_io(), written).await;
                 let mut seeks = Vec::new();
                 for (tp, p) in self.partitions.iter_mut() {
-                    let resume = ledger.get(tp).or(p.expected);
+                    // Where this partition's dropped records began: the ledger if it knows the
+                    // partition now, else where this batch started reading it.
+                    let resume = ledger.get(tp).or(p.expected).or(p.first);
                     *p = PartitionState::new(ledger.get(tp));
                     if let Some(offset) = resume {
                         p.next = Some(offset);

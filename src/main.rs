@@ -38,6 +38,18 @@ enum Command {
     Table(TableCommand),
     /// Send sample records of the seed's shape to a topic.
     PublishSample(PublishArgs),
+    /// Skip the one record a stopped pipeline is waiting at (recorded in the table's history).
+    Skip {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: i32,
+        #[arg(long)]
+        offset: i64,
+        /// Why, for the history.
+        #[arg(long, default_value = "skipped by an operator")]
+        reason: String,
+    },
     /// Table maintenance: compaction, snapshot expiry, retention, orphan files.
     Maintain,
     /// Show pipelines, their ledgers and lag.
@@ -109,6 +121,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -174,7 +187,30 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Table(cmd) => table_command(&config, cmd).await,
         Command::PublishSample(args) => publish_sample(config, args).await,
         Command::Run => run_loader(config).await,
-        Command::Maintain | Command::Status | Command::Query { .. } => Err(Failure::usage(
+        Command::Query { sql } => run_query(&config, &sql).await,
+        Command::Skip { topic, partition, offset, reason } => {
+            let table = config.table_name().map_err(Failure::usage)?;
+            let pipeline = config
+                .pipeline_name()
+                .ok_or_else(|| Failure::usage("no pipeline: set `pipeline` or kafka \"group.id\" in the config file"))?
+                .to_owned();
+            let catalog = Catalog::open(&config).await.map_err(Failure::runtime)?;
+            let engine = floe::commit::CommitEngine::new(catalog, table);
+            let mut skip = floe::commit::Skip {
+                pipeline,
+                tp: floe::ledger::TopicPartition::new(topic, partition),
+                offset,
+                reason,
+            };
+            match engine.commit(&mut skip).await.map_err(Failure::runtime)? {
+                Ok(message) => {
+                    println!("{message}");
+                    Ok(())
+                }
+                Err(message) => Err(Failure::usage(message)),
+            }
+        }
+        Command::Maintain | Command::Status => Err(Failure::usage(
             "this command is not available yet in this version of floe (see the issue tracker: \
              the loader, maintenance, status and query arrive in later releases)",
         )),
@@ -224,25 +260,46 @@ async fn table_command(config: &Config, cmd: TableCommand) -> Result<(), Failure
     }
 }
 
-async fn run_loader(config: Config) -> Result<(), Failure> {
-    let loader = floe::loader::Loader::prepare(config).await.map_err(|e| match e {
-        floe::loader::LoadError::Config(_) => Failure::usage(e),
-        other => Failure::runtime(other),
-    })?;
-    loader.run(shutdown_signal()).await.map_err(Failure::runtime)?;
+#[cfg(feature = "query")]
+async fn run_query(config: &Config, sql: &str) -> Result<(), Failure> {
+    let catalog = Catalog::open(config).await.map_err(Failure::runtime)?;
+    let batches = floe::query::query(&catalog, sql).await.map_err(Failure::runtime)?;
+    println!("{}", floe::query::format(&batches));
     Ok(())
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers the process is simply killed by them: nothing to wait for.
-        return std::future::pending().await;
+#[cfg(not(feature = "query"))]
+async fn run_query(_: &Config, _: &str) -> Result<(), Failure> {
+    Err(Failure::usage("this floe was built without the `query` feature (cargo build --features query)"))
+}
+
+async fn run_loader(config: Config) -> Result<(), Failure> {
+    // Handlers first: a stop request during the startup checks ends the process cleanly too.
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let loader = tokio::select! {
+        prepared = floe::loader::Loader::prepare(config) => prepared.map_err(|e| match e {
+            floe::loader::LoadError::Config(_) => Failure::usage(e),
+            other => Failure::runtime(other),
+        })?,
+        () = &mut shutdown => return Ok(()),
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    loader.run(shutdown).await.map_err(Failure::runtime)?;
+    Ok(())
+}
+
+/// Installs SIGTERM and SIGINT handlers now; the future resolves on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without handlers the signals simply end the process: nothing to wait for.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }
 

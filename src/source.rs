@@ -209,6 +209,8 @@ fn poll_loop(
     inbox: std_mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
 ) {
+    // Seeks not yet made, with how often they failed.
+    let mut pending_seeks: Vec<((TopicPartition, i64), u32)> = Vec::new();
     loop {
         loop {
             match inbox.try_recv() {
@@ -218,21 +220,7 @@ fn poll_loop(
                     let _ = consumer.poll(Duration::from_millis(100));
                     return;
                 }
-                Ok(Command::Seek(positions)) => {
-                    let mut seeked = Vec::new();
-                    for (tp, offset) in positions {
-                        match consumer.seek(&tp.topic, tp.partition, Offset::Offset(offset), Duration::from_secs(10)) {
-                            Ok(()) => seeked.push(tp),
-                            Err(e) => {
-                                let _ = events.blocking_send(Event::Error(format!("seeking {tp} to {offset}: {e}")));
-                                seeked.push(tp);
-                            }
-                        }
-                    }
-                    if events.blocking_send(Event::Seeked(seeked)).is_err() {
-                        return;
-                    }
-                }
+                Ok(Command::Seek(positions)) => pending_seeks.extend(positions.into_iter().map(|p| (p, 0u32))),
                 Ok(Command::CommitOffsets(offsets)) => {
                     let mut tpl = TopicPartitionList::new();
                     for (tp, next) in offsets {
@@ -245,6 +233,9 @@ fn poll_loop(
                 }
                 Err(std_mpsc::TryRecvError::Empty) => break,
             }
+        }
+        if !pending_seeks.is_empty() && !seek_all(&consumer, &mut pending_seeks, &events) {
+            return;
         }
         let mut batch = Vec::new();
         let mut timeout = Duration::from_millis(100);
@@ -282,4 +273,34 @@ fn poll_loop(
             return;
         }
     }
+}
+
+/// How often a seek is retried (once per poll round) before the partition is given up on.
+const MAX_SEEK_ATTEMPTS: u32 = 600;
+
+/// Makes the pending seeks; a seek can fail right after an assignment, before fetching has
+/// started ("Erroneous state"), so failures stay pending and are retried on the next round.
+/// Only seeks that happened are confirmed to the loader: a partition that reported a seek it did
+/// not make would read on from the wrong place. Returns false when the loader is gone.
+fn seek_all(
+    consumer: &BaseConsumer<LoaderContext>,
+    pending: &mut Vec<((TopicPartition, i64), u32)>,
+    events: &mpsc::Sender<Event>,
+) -> bool {
+    let mut done = Vec::new();
+    let mut still = Vec::new();
+    for ((tp, offset), attempts) in pending.drain(..) {
+        match consumer.seek(&tp.topic, tp.partition, Offset::Offset(offset), Duration::from_secs(10)) {
+            Ok(()) => done.push(tp),
+            Err(e) if attempts + 1 >= MAX_SEEK_ATTEMPTS => {
+                // Not assigned to us any more, most likely; the loader keeps ignoring its records.
+                let _ = events.blocking_send(Event::Error(format!(
+                    "giving up seeking {tp} to {offset} after {MAX_SEEK_ATTEMPTS} attempts: {e}"
+                )));
+            }
+            Err(_) => still.push(((tp, offset), attempts + 1)),
+        }
+    }
+    *pending = still;
+    done.is_empty() || events.blocking_send(Event::Seeked(done)).is_ok()
 }

@@ -244,6 +244,21 @@ pub fn describe(table: &LoadedTable) -> String {
                 .unwrap_or_default()
         );
     }
+    let ledgers = crate::ledger::all_ledgers(m.properties());
+    if !ledgers.is_empty() {
+        let _ = writeln!(out, "\nledgers (next offset to read, per pipeline):");
+        for (pipeline, ledger) in ledgers {
+            match ledger {
+                Ok(l) => {
+                    let entries: Vec<String> = l.entries().map(|(tp, o)| format!("{tp}={o}")).collect();
+                    let _ = writeln!(out, "  {pipeline}: {}", entries.join(" "));
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "  {pipeline}: unreadable: {e}");
+                }
+            }
+        }
+    }
     let mut props: Vec<_> = m.properties().iter().collect();
     props.sort();
     let _ = writeln!(out, "\nproperties:");

@@ -66,20 +66,30 @@ def child_env() -> dict[str, str]:
     return env
 
 
+class NotYet(Exception):
+    """Raised by a polled check to say "not yet", with what it saw (shown if the wait times out)."""
+
+
 def wait_until(what: str, check: Callable[[], object], timeout: float, interval: float = 0.25,
                alive: Iterable["FloeProcess"] = ()) -> object:
     """Polls `check` until it returns something truthy; fails after `timeout` seconds with what it
-    last returned. A process in `alive` that exits meanwhile fails the wait at once (with its log)."""
+    last returned (or the message of the last `NotYet` it raised). A process in `alive` that exits
+    meanwhile fails the wait at once (with its log)."""
     deadline = time.monotonic() + timeout
     last: object = None
     while True:
         for p in alive:
             p.assert_running(f"while waiting for {what}")
-        last = check()
-        if last:
-            return last
+        try:
+            last = check()
+        except NotYet as e:
+            last = str(e)
+        else:
+            if last:
+                return last
         if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}", pytrace=False)
+            tails = "".join("\n" + p.tail(15) for p in alive)
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}{tails}", pytrace=False)
         time.sleep(interval)
 
 
@@ -186,6 +196,69 @@ class FloeProcess:
         rc, took = self.sigterm(timeout)
         assert rc == 0, f"{self.name} should exit 0 after SIGTERM, got {rc}\n{self.tail()}"
         return took
+
+
+# --- what a running loader is doing, seen from outside ------------------------------------------
+
+ASSIGNED = re.compile(r"partition assigned partition=(\S+)/(\d+)")
+REVOKED = re.compile(r"partitions revoked partitions=\[([^\]]*)\]")
+
+
+def assignment(log: str, topic: str) -> set[int]:
+    """The partitions a loader holds now, replayed from its "partition assigned" and
+    "partitions revoked" log lines."""
+    held: set[int] = set()
+    for line in log.splitlines():
+        if m := ASSIGNED.search(line):
+            if m.group(1) == topic:
+                held.add(int(m.group(2)))
+        elif m := REVOKED.search(line):
+            for tp in re.findall(r'"([^"]+)/(\d+)"', m.group(1)):
+                if tp[0] == topic:
+                    held.discard(int(tp[1]))
+    return held
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def wait_idle(proc: "FloeProcess", timeout: float, window: float = 0.5, quiet_windows: int = 3,
+              max_ticks: int = 2) -> None:
+    """Waits until the process has used at most `max_ticks` of CPU in each of `quiet_windows`
+    consecutive windows: it has nothing left to work on."""
+    state = {"quiet": 0, "last": cpu_ticks(proc.pid), "deltas": []}
+
+    def check():
+        now = cpu_ticks(proc.pid)
+        delta = now - state["last"]
+        state["last"] = now
+        state["deltas"] = (state["deltas"] + [delta])[-8:]
+        state["quiet"] = state["quiet"] + 1 if delta <= max_ticks else 0
+        if state["quiet"] < quiet_windows:
+            raise NotYet(f"CPU ticks per {window}s window: {state['deltas']}")
+        return True
+
+    wait_until(f"{proc.name} to go idle", check, timeout, interval=window, alive=[proc])
+
+
+def wait_fetched(proc: "FloeProcess", topic: str, ends: dict[int, int], timeout: float) -> None:
+    """Waits until the loader's Kafka client has read every partition to its end offset. Needs the
+    librdkafka property `debug = "fetch"` and `--log info,librdkafka=debug`: librdkafka then logs
+    "<topic> [<p>]: Fetch failed at offset <end> ...: _PARTITION_EOF" when it reaches the end."""
+
+    def check():
+        log = proc.log()
+        at_end = {p for p, e in ends.items()
+                  if re.search(rf"{re.escape(topic)} \[{p}\]: Fetch failed at offset {e} .*_PARTITION_EOF", log)}
+        if at_end != set(ends):
+            raise NotYet(f"partitions read to the end: {sorted(at_end)} of {sorted(ends)}")
+        return True
+
+    wait_until(f"{proc.name} to fetch every record of {topic}", check, timeout, alive=[proc])
 
 
 # --- Kafka ------------------------------------------------------------------------------------
@@ -402,7 +475,9 @@ class Pipeline:
         def check():
             got = self.committed_rows()
             assert got <= n, f"the table holds {got} rows, more than the {n} produced: duplicates"
-            return got >= n
+            if got < n:
+                raise NotYet(f"{got} rows")
+            return True
 
         wait_until(f"{n} rows in {EVENTS_TABLE}", check, timeout, interval=interval, alive=alive)
         return n
@@ -471,16 +546,18 @@ def row_differences(expected: dict, actual: dict) -> list[str]:
     def differ(name, want, got):
         diffs.append(f"{name}: produced {want!r}, table has {got!r}")
 
-    for name in ("id", "integer", "bool", "floating", "string", "bools", "floatings", "integers", "strings"):
+    for name in ("id", "integer", "bool", "string", "bools", "integers", "strings"):
+        # Python compares True == 1; the type must match too.
         want, got = expected[name], actual.get(name)
-        if type(want) is float or name == "floating":
-            if got is None or float(want) != got:
-                differ(name, want, got)
-        elif name == "floatings":
-            if got is None or [float(x) for x in want] != got:
-                differ(name, want, got)
-        elif want != got:
+        if want != got or type(want) is not type(got):
             differ(name, want, got)
+        elif isinstance(want, list) and [type(x) for x in want] != [type(x) for x in got]:
+            differ(name, want, got)
+    # JSON numbers and the stored doubles: both are the correctly rounded double of the same text.
+    if actual.get("floating") is None or float(expected["floating"]) != actual["floating"]:
+        differ("floating", expected["floating"], actual.get("floating"))
+    if actual.get("floatings") is None or [float(x) for x in expected["floatings"]] != actual["floatings"]:
+        differ("floatings", expected["floatings"], actual.get("floatings"))
     got_map = actual.get("string_map")
     if got_map is None or len(got_map) != len(expected["string_map"]) or dict(got_map) != expected["string_map"]:
         differ("string_map", expected["string_map"], got_map)
