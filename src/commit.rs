@@ -326,14 +326,19 @@ pub async fn build_snapshot(
     let mut partitions = std::collections::HashSet::new();
     let added_files = files.len() as u64;
     let mut manifests: Vec<ManifestFile> = Vec::new();
+    for f in &files {
+        added_records += f.record_count();
+        added_size += f.file_size_in_bytes();
+        partitions.insert(format!("{:?}", f.partition()));
+    }
     if !files.is_empty() {
-        manifests.push(write_manifest(m, file_io, &meta_dir, attempt, snapshot_id, sequence_number, files, &mut attempt_files, &mut |f| {
-            added_records += f.record_count();
-            added_size += f.file_size_in_bytes();
-            partitions.insert(format!("{:?}", f.partition()));
-        })
-        .await
-        .map_err(io("manifest"))?);
+        let manifest_path = format!("{meta_dir}/{attempt}-m0.avro");
+        attempt_files.push(manifest_path.clone());
+        manifests.push(
+            write_manifest(m, file_io, &manifest_path, snapshot_id, sequence_number, files)
+                .await
+                .map_err(io("manifest"))?,
+        );
     }
     // The manifest list: the new manifest, then the parent's manifests exactly as they are.
     if let Some(parent) = &parent {
@@ -432,21 +437,16 @@ pub async fn build_snapshot(
     Ok((metadata, attempt_files))
 }
 
-/// Writes one manifest of ADDED entries for `files`; `seen` sees each file before it is added.
-#[allow(clippy::too_many_arguments)]
+/// Writes one manifest of ADDED entries for `files` at `path`.
 async fn write_manifest(
     m: &TableMetadata,
     file_io: &FileIO,
-    meta_dir: &str,
-    attempt: uuid::Uuid,
+    path: &str,
     snapshot_id: i64,
     sequence_number: i64,
     files: Vec<DataFile>,
-    attempt_files: &mut Vec<String>,
-    seen: &mut dyn FnMut(&DataFile),
 ) -> Result<ManifestFile, iceberg::Error> {
-    let manifest_path = format!("{meta_dir}/{attempt}-m0.avro");
-    let output = file_io.new_output(&manifest_path)?;
+    let output = file_io.new_output(path)?;
     let mut writer = ManifestWriterBuilder::new(
         output,
         Some(snapshot_id),
@@ -455,10 +455,8 @@ async fn write_manifest(
     )
     .build_v2_data();
     for f in files {
-        seen(&f);
         writer.add_file(f, sequence_number)?;
     }
-    attempt_files.push(manifest_path);
     writer.write_manifest_file().await
 }
 

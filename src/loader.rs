@@ -150,7 +150,13 @@ impl Loader {
             .map_err(|e| LoadError::Config(e.to_string()))?;
         let dl = &self.config.dead_letter;
         let dlq_topic = match &dl.topic {
-            Some(topic) => Some(KafkaDeadLetters::new(&self.config.kafka, topic, &self.pipeline)?),
+            Some(topic) => {
+                // Create it if missing; where floe may not create topics, it must exist already.
+                if let Err(e) = crate::kafka::ensure_topic(&self.config.kafka, topic, 1, 1).await {
+                    tracing::warn!(topic = %topic, error = %e, "could not create the dead-letter topic; it must exist");
+                }
+                Some(KafkaDeadLetters::new(&self.config.kafka, topic, &self.pipeline)?)
+            }
             None => None,
         };
         let dlq_table = match &dl.table {
@@ -364,13 +370,14 @@ impl State {
         };
         let value = r.value.as_deref().unwrap_or(b"null");
         let outcome = self.decoder.append(value, &origin);
+        let max_pct = self.max_ratio.unwrap_or(1.0) * 100.0;
         if let Some(valve) = &mut self.valve
             && let Some(ratio) = valve.observe(outcome.is_err())
             && let Err(last) = &outcome
         {
             return Err(LoadError::TooManyDeadLetters {
                 failed_pct: ratio * 100.0,
-                max_pct: self.config_max_ratio() * 100.0,
+                max_pct,
                 window: valve.window(),
                 last: last.clone(),
             });
@@ -394,9 +401,6 @@ impl State {
         Ok(())
     }
 
-    fn config_max_ratio(&self) -> f64 {
-        self.max_ratio.unwrap_or(1.0)
-    }
 
     /// Commits the buffered rows and the ledger in one snapshot. Retries transient failures with
     /// backoff (logged once per episode); on a fence, drops the batch and re-reads from the ledger.
