@@ -393,6 +393,7 @@ impl TableDeadLetters {
         let files = crate::write::write_data_files(
             self.engine.catalog().file_io(),
             &table.metadata,
+            table.metadata.current_schema(),
             vec![batch],
             self.target_file_size,
         )

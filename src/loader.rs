@@ -180,6 +180,7 @@ impl Loader {
             max_buffered: self.config.commit.max_buffered_bytes as usize,
             target_file_size: self.config.commit.target_file_size,
             decoder,
+            decoder_schema: table.metadata.current_schema().clone(),
             partitions: BTreeMap::new(),
             commands,
             report: RunReport::default(),
@@ -221,6 +222,8 @@ struct State {
     max_buffered: usize,
     target_file_size: u64,
     decoder: Decoder,
+    /// The schema the decoder reads with (the table's, as of the last commit).
+    decoder_schema: iceberg::spec::SchemaRef,
     partitions: BTreeMap<TopicPartition, PartitionState>,
     commands: std::sync::mpsc::Sender<Command>,
     report: RunReport,
@@ -257,7 +260,10 @@ impl State {
                     self.flush().await?;
                 }
                 () = tokio::time::sleep_until(deadline), if !pending => {
+                    // Idle: still notice schema changes, so the next records are read right.
                     self.last_commit = Instant::now();
+                    let table = retrying!("loading the table", self.engine.load());
+                    self.follow_schema(&table.metadata)?;
                 }
                 ev = events.recv() => {
                     let Some(ev) = ev else { return Err(LoadError::ConsumerGone) };
@@ -429,7 +435,13 @@ impl State {
             let file_io = self.engine.catalog().file_io();
             retrying!(
                 "writing data files",
-                crate::write::write_data_files(file_io, &table.metadata, vec![batch.clone()], self.target_file_size)
+                crate::write::write_data_files(
+                    file_io,
+                    &table.metadata,
+                    &self.decoder_schema,
+                    vec![batch.clone()],
+                    self.target_file_size
+                )
             )
         } else {
             Vec::new()
@@ -495,6 +507,25 @@ impl State {
                 let _ = self.commands.send(Command::Seek(seeks));
             }
         }
+        self.follow_schema(&table.metadata)?;
+        Ok(())
+    }
+
+    /// Picks up a schema change made by anyone (DESIGN.md §5): rows read so far were committed
+    /// under the schema they were read with; from now on records are read with the new one.
+    fn follow_schema(&mut self, metadata: &iceberg::spec::TableMetadata) -> Result<(), LoadError> {
+        let current = metadata.current_schema();
+        if current.schema_id() == self.decoder_schema.schema_id() && current.as_ref() == self.decoder_schema.as_ref() {
+            return Ok(());
+        }
+        self.decoder = Decoder::new(current, DecodeOptions::default())
+            .map_err(|e| LoadError::Config(format!("the table's new schema cannot be read into: {e}")))?;
+        tracing::info!(
+            from = self.decoder_schema.schema_id(),
+            to = current.schema_id(),
+            "table schema changed; reading records with the new schema from now on"
+        );
+        self.decoder_schema = current.clone();
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 """Dead letters end to end (issue 5, DESIGN.md §3): records that can never be written are set aside
 in a Kafka topic and/or an Iceberg table exactly once, or stop the pipeline cleanly when there is
-nowhere to put them; `floe skip` moves past one record on the record; the ratio valve stops a stream
-whose schema is wrong.
+nowhere to put them; `floe skip` moves past one record and says so in the table's history; the
+ratio valve stops a stream whose schema is wrong.
 
 Everything is checked from outside floe: the source and dead-letter topics are read back with
 confluent-kafka (coordinates, key, value, headers, timestamps), the tables with pyiceberg.
@@ -9,6 +9,7 @@ confluent-kafka (coordinates, key, value, headers, timestamps), the tables with 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -22,7 +23,6 @@ import pytest
 
 from loader_harness import (
     EVENTS_DDL,
-    EVENTS_TABLE,
     KafkaRecord,
     NotYet,
     Pipeline,
@@ -52,10 +52,13 @@ DLQ_COLUMNS = [
 H = "loader.processing.exception."
 SAMPLE_BAD = "floe.sample.bad"
 SAMPLE_ID = "floe.sample.id"
+# publish-sample's bad kinds, in the order it uses them.
 KINDS = ["not-json", "wrong-type", "missing-required", "out-of-range", "invalid-utf8"]
-# The column a bad record of each kind is at fault in ("" = the record as a whole).
+# The column a sample record of each kind is at fault in ("" = the record as a whole). Records
+# produced by a test itself name it in a header instead.
 COLUMN_OF_KIND = {"not-json": "", "invalid-utf8": "", "wrong-type": "integer", "out-of-range": "integer",
-                  "missing-required": "id"}
+                  "missing-required": "id", "not-an-object": ""}
+TEST_COLUMN = "floe.test.column"
 # What the reason in a stop message says, per kind.
 REASON_OF_KIND = {"not-json": "not JSON", "invalid-utf8": "UTF-8", "wrong-type": 'column "integer"',
                   "out-of-range": 'column "integer"', "missing-required": 'column "id"'}
@@ -101,11 +104,16 @@ def read_source(p: Pipeline, produced_ids: list[int], produced_bad: list[int]) -
     bad_ids = sorted(int(r.header_str(SAMPLE_ID)) for r in bad.values())
     assert bad_ids == sorted(produced_bad), f"records marked {SAMPLE_BAD}: {bad_ids[:10]}..., expected {sorted(produced_bad)[:10]}..."
     for r in bad.values():
-        assert r.header_str(SAMPLE_BAD) in KINDS, f"unknown bad kind {r.header_str(SAMPLE_BAD)!r}"
+        assert r.header_str(SAMPLE_BAD) in COLUMN_OF_KIND, f"unknown bad kind {r.header_str(SAMPLE_BAD)!r}"
     ends: dict[int, int] = {}
     for r in records:
         ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
     return Source(records, by_coord, by_id, bad, ends)
+
+
+def expected_column(s: KafkaRecord) -> str:
+    explicit = s.header_str(TEST_COLUMN)
+    return explicit if explicit is not None else COLUMN_OF_KIND[s.header_str(SAMPLE_BAD)]
 
 
 def kinds_count(src: Source) -> Counter:
@@ -161,8 +169,8 @@ def dlq_topic_problems(p: Pipeline, dlq_topic: str, src: Source) -> tuple[list[s
             problems.append(f"{label}: message {got['message']!r} does not name partition {part}, offset {off}")
         if not got["stacktrace"] or kind not in got["stacktrace"]:
             problems.append(f"{label}: stacktrace {got['stacktrace']!r} does not name the kind")
-        if got["column"] != COLUMN_OF_KIND[kind]:
-            problems.append(f"{label}: column {got['column']!r}, expected {COLUMN_OF_KIND[kind]!r}")
+        if got["column"] != expected_column(s):
+            problems.append(f"{label}: column {got['column']!r}, expected {expected_column(s)!r}")
         if got["pipeline"] != p.group:
             problems.append(f"{label}: pipeline {got['pipeline']!r}, expected {p.group!r}")
     dups = sorted((c, n) for c, n in seen.items() if n > 1)
@@ -223,8 +231,8 @@ def assert_dlq_table(p: Pipeline, src: Source, since: datetime) -> None:
             problems.append(f"{label}: headers {row['headers']}, the source had {s.headers}")
         if row["error_kind"] != kind:
             problems.append(f"{label}: error_kind {row['error_kind']!r}, expected {kind!r}")
-        if row["column_path"] != COLUMN_OF_KIND[kind]:
-            problems.append(f"{label}: column_path {row['column_path']!r}, expected {COLUMN_OF_KIND[kind]!r}")
+        if row["column_path"] != expected_column(s):
+            problems.append(f"{label}: column_path {row['column_path']!r}, expected {expected_column(s)!r}")
         if not row["error_message"] or f"offset {coord[1]}" not in row["error_message"]:
             problems.append(f"{label}: error_message {row['error_message']!r} does not name the offset")
         if row["pipeline"] != p.group:
@@ -295,6 +303,91 @@ def test_every_kind_to_topic_and_table(pipeline_factory):
     assert_rows_equal(p.table(), produced.records)
     assert_dlq_topic(p, dlq_topic, src)
     assert_dlq_table(p, src, since)
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None, list]]) -> None:
+    """Sends (key, value, headers) records, in order, to a new one-partition topic (confluent-kafka:
+    values publish-sample cannot make, null keys and values, null and binary headers)."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    failed = []
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for key, value, headers in records:
+        producer.produce(topic, key=key, value=value, headers=headers,
+                         on_delivery=lambda err, _msg: err and failed.append(err))
+    assert producer.flush(30) == 0 and not failed, f"not every record was delivered: {failed}"
+
+
+def crafted(rid: int, value: bytes | None, kind: str | None = None, column: str | None = None,
+            key: bool = True, extra: tuple = ()) -> tuple[bytes | None, bytes | None, list]:
+    """A record made by the test: key = id (or none), the sample headers publish-sample would set
+    (`floe.sample.bad` naming the expected kind), and the expected column when it is not the
+    kind's usual one."""
+    headers = [(SAMPLE_ID, str(rid).encode()), *extra]
+    if kind:
+        headers.append((SAMPLE_BAD, kind.encode()))
+    if column is not None:
+        headers.append((TEST_COLUMN, column.encode()))
+    return (str(rid).encode() if key else None, value, headers)
+
+
+def load_crafted(p: Pipeline, records: list, dlq_topic: str | None) -> Source:
+    """Produces the records, loads them with dead letters going to the table (and the topic, if
+    given), and checks both destinations and the ledger."""
+    p.write_config(dead_letter={"table": DLQ_TABLE, **({"topic": dlq_topic} if dlq_topic else {})})
+    p.create_table(STRICT_DDL)
+    since = datetime.now(timezone.utc)
+    produce(p.bootstrap, p.topic, records)
+    bad = [int(h[0][1]) for _, _, h in records if any(k == SAMPLE_BAD for k, _ in h)]
+    src = read_source(p, list(range(1, len(records) + 1)), bad)
+    loader = p.start_loader("crafted")
+    p.wait_rows(len(src.good_ids()), timeout=60, alive=[loader])
+    wait_ledger(p, src.ends, timeout=30, alive=[loader])
+    loader.sigterm_ok()
+    assert_table_holds_good_ids(p, src)
+    if dlq_topic:
+        assert_dlq_topic(p, dlq_topic, src)
+    assert_dlq_table(p, src, since)
+    return src
+
+
+def test_not_an_object_null_key_value_and_headers(pipeline_factory):
+    p = pipeline_factory("dlshape")
+    load_crafted(p, [
+        crafted(1, b'{"id": 1}'),
+        crafted(2, b"[1, 2]", "not-an-object", key=False),
+        crafted(3, b'"text"', "not-an-object", extra=(("x-null", None), ("x-bin", b"\x00\xff\x80"))),
+        crafted(4, None, "not-an-object"),  # a tombstone
+        crafted(5, b'{"id": 5, "string": "ok"}'),
+        crafted(6, b'{"id": null}', "missing-required", column="id"),
+        crafted(7, b'{"id": 7, "integer": 1e300}', "out-of-range", column="integer"),
+        crafted(8, b'{"id": 8}'),
+    ], unique("floe-dlshape-dlq"))
+
+
+@pytest.mark.parametrize("case", ["list", "struct"])
+def test_failure_deep_in_a_record_leaves_its_neighbours_intact(pipeline_factory, case):
+    """A record that fails after part of it was decoded (a list's second element, a struct's second
+    field) must leave nothing behind in the rows around it."""
+    if case == "list":
+        bad = crafted(2, b'{"id": 2, "integers": [1, "x"], "string": "two"}', "wrong-type", column="integers[1]")
+    else:
+        bad = crafted(2, b'{"id": 2, "nested": {"key": "k2", "value": "x"}}', "wrong-type", column="nested.value")
+    good = {
+        1: {"id": 1, "integers": [10], "nested": {"key": "k1", "value": 1}, "string": "one"},
+        3: {"id": 3, "integers": [30, 31], "nested": {"key": "k3", "value": 3}, "string": "three"},
+        4: {"id": 4, "integers": [], "nested": {"key": "k4", "value": 4}, "string": "four"},
+    }
+    p = pipeline_factory(f"dldeep-{case}")
+    load_crafted(p, [crafted(1, json.dumps(good[1]).encode()), bad,
+                     crafted(3, json.dumps(good[3]).encode()), crafted(4, json.dumps(good[4]).encode())], None)
+    fields = ("id", "integers", "nested", "string")
+    rows = {r["id"]: r for r in p.table().scan(selected_fields=fields).to_arrow().to_pylist()}
+    wrong = {i: rows[i] for i in good if rows[i] != good[i]}
+    assert not wrong, f"rows next to the failed record changed: got {wrong}, produced {[good[i] for i in wrong]}"
 
 
 # --- 2 ----------------------------------------------------------------------------------------
@@ -368,7 +461,7 @@ def test_exactly_once_under_sigkill(pipeline_factory):
     while len(runs) < KILLS or not streaming.done():
         assert len(runs) < 4 * KILLS, "production did not finish while the loaders were being killed"
         loader = p.start_loader(f"killed-{len(runs)}")
-        delay = rng.uniform(1.0, 3.5)
+        delay = rng.uniform(1.5, 3.5)
         time.sleep(delay)  # the random moment of the kill (or of starting to watch for one)
         loader.assert_running(f"before SIGKILL {len(runs)}")
         # Every other kill lands right after dead letters were written, before the batch commits.
@@ -429,7 +522,8 @@ def assert_stopped_at_first_bad(p: Pipeline, res: subprocess.CompletedProcess, s
         assert needle in res.stderr, f"the error should contain {needle!r} (stopped at {part}:{off}, {kind}):\n{res.stderr}"
 
     ledger = p.ledger() or {}
-    assert ledger.get(part) == off, f"stopped at {part}:{off}: the ledger should be there, it is {ledger}"
+    # No entry: nothing of the partition committed yet, it starts at its beginning (offset 0 here).
+    assert ledger.get(part, 0) == off, f"stopped at {part}:{off}: the ledger should be there, it is {ledger}"
     expected = []
     for q, end in src.ends.items():
         at = ledger.get(q, 0)
@@ -525,6 +619,36 @@ def test_skip_one_record(pipeline_factory):
     assert_each_id_once(p.ids().to_pylist(), [*range(1, 100), *range(101, 201)])
     problems = offsets_tile_with_skips(p.table(), p.topic, src.ends)
     assert not problems, "snapshots (with the skip) should cover each offset once:\n  " + "\n  ".join(problems)
+
+
+def test_skip_refuses_a_wrong_offset_on_an_uncommitted_partition(pipeline_factory):
+    """The bad record is the partition's first, so the ledger has no entry for it yet: a mistyped
+    offset must still be refused, or `floe skip` would silently drop every record before it."""
+    p = pipeline_factory("dlskip0")
+    p.write_config()
+    p.create_table(STRICT_DDL)
+    first = p.publish(1, 1, 1, bad_every=1)  # id 1 (offset 0) is not JSON
+    rest = p.publish(20, 2, 1)
+    src = read_source(p, first.ids + rest.ids, first.bad)
+    assert list(src.bad) == [(0, 0)]
+
+    res = run_to_exit(p, timeout=60)
+    assert_stopped_at_first_bad(p, res, src)
+    assert (p.ledger() or {}).get(0) is None, "nothing was committed: partition 0 is not in the ledger yet"
+
+    wrong = p.floe("skip", "--topic", p.topic, "--partition", "0", "--offset", "5")
+    ledger = p.ledger()
+    assert wrong.returncode != 0 and not ledger, (
+        "floe skip --offset 5 on a pipeline stopped at offset 0 must be refused (it would drop offsets "
+        f"0-5, five good records with them); exit {wrong.returncode}, ledger now {ledger}:\n{wrong.stdout}{wrong.stderr}")
+
+    skip = p.floe("skip", "--topic", p.topic, "--partition", "0", "--offset", "0")
+    assert skip.returncode == 0, f"floe skip failed ({skip.returncode}):\n{skip.stdout}{skip.stderr}"
+    loader = p.start_loader("after-skip")
+    p.wait_rows(20, timeout=60, alive=[loader])
+    wait_ledger(p, {0: 21}, timeout=30, alive=[loader])
+    loader.sigterm_ok()
+    assert_each_id_once(p.ids().to_pylist(), range(2, 22))
 
 
 # --- 4 ----------------------------------------------------------------------------------------
