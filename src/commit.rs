@@ -479,7 +479,11 @@ impl Operation for Skip {
         })?;
         match ledger.get(&self.tp) {
             Some(at) if at == self.offset => Ok(Check::Proceed),
-            None => Ok(Check::Proceed),
+            None => Ok(Check::Stop(Err(format!(
+                "pipeline {:?} has no ledger entry for {}: floe skip only skips the record a stopped \
+                 pipeline is waiting at (a pipeline that stops on a bad record records where it stopped)",
+                self.pipeline, self.tp
+            )))),
             Some(at) => Ok(Check::Stop(Err(format!(
                 "pipeline {:?} is at offset {at} of {}, not at {}: floe skip only skips the record a \
                  stopped pipeline is waiting at",

@@ -4,6 +4,7 @@
 //! says) -> `catalog`/`table` (where it lands). The binary in
 //! `main.rs` only parses the command line and calls in here.
 
+pub mod alter;
 pub mod catalog;
 pub mod commit;
 pub mod config;

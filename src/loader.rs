@@ -40,10 +40,15 @@ pub enum LoadError {
         "{error}\nThe pipeline stopped at this record: everything before it is committed, nothing \
          after it. Ways forward: configure a dead-letter destination (`[dead_letter] topic = ...` or \
          `table = ...`) so such records are set aside, fix the producer or the table schema, or skip \
-         this one record with `floe skip --topic <topic> --partition <p> --offset <o>` (recorded in \
-         the table's history) and restart."
+         this one record with `floe skip --topic {topic} --partition {partition} --offset {offset}` \
+         (recorded in the table's history) and restart."
     )]
-    BadRecord { error: RecordError },
+    BadRecord {
+        error: RecordError,
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
     #[error("the Kafka consumer thread stopped unexpectedly")]
     ConsumerGone,
     #[error(transparent)]
@@ -396,9 +401,19 @@ impl State {
                 self.dead_letters.push(DeadLetter { record: r.clone(), error });
             }
             Err(error) => {
-                // No dead-letter destination: commit everything before this record, then stop.
+                // No dead-letter destination: commit everything before this record, with the
+                // ledger standing exactly at it (so `floe skip` can check it is skipping this
+                // record), then stop.
+                let p = self.partitions.get_mut(&tp).expect("checked above");
+                p.first.get_or_insert(r.offset);
+                p.next = Some(r.offset);
                 self.flush().await?;
-                return Err(LoadError::BadRecord { error });
+                return Err(LoadError::BadRecord {
+                    error,
+                    topic: r.topic.to_string(),
+                    partition: r.partition,
+                    offset: r.offset,
+                });
             }
         }
         let p = self.partitions.get_mut(&tp).expect("checked above");

@@ -786,11 +786,10 @@ impl Col {
         }
     }
 
-    /// Drops every value from index `len` on.
+    /// Drops every value from index `len` on. A record that failed partway may have left values in
+    /// this column's children (list elements, struct fields, map entries) before its own entry was
+    /// pushed, so the children are cut back even when this column has no entry past `len`.
     pub fn truncate(&mut self, len: usize) {
-        if self.validity.len() <= len {
-            return;
-        }
         self.validity.truncate(len);
         match &mut self.data {
             Data::Bool(v) => v.truncate(len),

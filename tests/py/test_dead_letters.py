@@ -622,8 +622,9 @@ def test_skip_one_record(pipeline_factory):
 
 
 def test_skip_refuses_a_wrong_offset_on_an_uncommitted_partition(pipeline_factory):
-    """The bad record is the partition's first, so the ledger has no entry for it yet: a mistyped
-    offset must still be refused, or `floe skip` would silently drop every record before it."""
+    """The bad record is the partition's first. Stopping records where the pipeline stopped (the
+    ledger stands at the bad record's offset), so a mistyped offset is refused, or `floe skip` would
+    silently drop every record before it."""
     p = pipeline_factory("dlskip0")
     p.write_config()
     p.create_table(STRICT_DDL)
@@ -634,11 +635,11 @@ def test_skip_refuses_a_wrong_offset_on_an_uncommitted_partition(pipeline_factor
 
     res = run_to_exit(p, timeout=60)
     assert_stopped_at_first_bad(p, res, src)
-    assert (p.ledger() or {}).get(0) is None, "nothing was committed: partition 0 is not in the ledger yet"
+    assert (p.ledger() or {}).get(0) == 0, "the ledger records where the pipeline stopped: offset 0"
 
     wrong = p.floe("skip", "--topic", p.topic, "--partition", "0", "--offset", "5")
     ledger = p.ledger()
-    assert wrong.returncode != 0 and not ledger, (
+    assert wrong.returncode != 0 and ledger == {0: 0}, (
         "floe skip --offset 5 on a pipeline stopped at offset 0 must be refused (it would drop offsets "
         f"0-5, five good records with them); exit {wrong.returncode}, ledger now {ledger}:\n{wrong.stdout}{wrong.stderr}")
 
