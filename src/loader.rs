@@ -44,7 +44,7 @@ pub enum LoadError {
          (recorded in the table's history) and restart."
     )]
     BadRecord {
-        error: RecordError,
+        error: Box<RecordError>,
         topic: String,
         partition: i32,
         offset: i64,
@@ -63,7 +63,7 @@ pub enum LoadError {
         failed_pct: f64,
         max_pct: f64,
         window: usize,
-        last: RecordError,
+        last: Box<RecordError>,
     },
 }
 
@@ -390,7 +390,7 @@ impl State {
                 failed_pct: ratio * 100.0,
                 max_pct,
                 window: valve.window(),
-                last: last.clone(),
+                last: Box::new(last.clone()),
             });
         }
         match outcome {
@@ -409,7 +409,7 @@ impl State {
                 p.next = Some(r.offset);
                 self.flush().await?;
                 return Err(LoadError::BadRecord {
-                    error,
+                    error: Box::new(error),
                     topic: r.topic.to_string(),
                     partition: r.partition,
                     offset: r.offset,
