@@ -58,6 +58,34 @@ pub struct Config {
     pub commit: CommitConfig,
     #[serde(default)]
     pub dead_letter: DeadLetterConfig,
+    #[serde(default)]
+    pub schema: SchemaConfig,
+}
+
+/// How the loader treats the table's schema.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// Add top-level fields that records carry but the table lacks as nullable columns, with a
+    /// type inferred from the value. Off by default: the table is the definition of the data.
+    #[serde(default)]
+    pub auto_evolve: bool,
+    /// At most this many columns are added by auto_evolve over a run.
+    #[serde(default = "default_max_new_columns")]
+    pub max_new_columns: usize,
+}
+
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        SchemaConfig {
+            auto_evolve: false,
+            max_new_columns: default_max_new_columns(),
+        }
+    }
+}
+
+fn default_max_new_columns() -> usize {
+    20
 }
 
 /// Where records that can never be written go. With neither a topic nor a table, the first such

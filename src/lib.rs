@@ -10,6 +10,7 @@ pub mod commit;
 pub mod config;
 pub mod ddl;
 pub mod deadletter;
+pub mod evolve;
 pub mod decode;
 pub mod kafka;
 pub mod ledger;

@@ -196,6 +196,8 @@ impl Loader {
             dlq_table,
             valve,
             max_ratio: dl.max_ratio,
+            evolve_budget: if self.config.schema.auto_evolve { self.config.schema.max_new_columns } else { 0 },
+            evolve_limit_logged: false,
         };
         tracing::info!(pipeline = %state.pipeline, table = %state.engine.table(), topics = ?self.config.source.topics, "loader started");
         let result = state.main_loop(&mut events, shutdown).await;
@@ -241,6 +243,9 @@ struct State {
     dlq_table: Option<TableDeadLetters>,
     valve: Option<RatioValve>,
     max_ratio: Option<f64>,
+    /// Columns auto_evolve may still add (0: off or used up).
+    evolve_budget: usize,
+    evolve_limit_logged: bool,
 }
 
 impl State {
@@ -380,7 +385,27 @@ impl State {
             offset: r.offset,
         };
         let value = r.value.as_deref().unwrap_or(b"null");
-        let outcome = self.decoder.append(value, &origin);
+        let ignored_before = self.decoder.ignored_fields();
+        let mut outcome = self.decoder.append(value, &origin);
+        if outcome.is_ok() && self.evolve_budget > 0 && self.decoder.ignored_fields() > ignored_before {
+            let new = crate::evolve::new_columns(value, &self.decoder_schema);
+            if !new.is_empty() {
+                if new.len() <= self.evolve_budget {
+                    // Commit what came before under the old schema, add the columns, and read
+                    // this record again so its new values land too.
+                    self.decoder.pop_last();
+                    self.flush().await?;
+                    self.add_columns(new, &tp, r.offset).await?;
+                    outcome = self.decoder.append(value, &origin);
+                } else if !self.evolve_limit_logged {
+                    self.evolve_limit_logged = true;
+                    tracing::warn!(
+                        fields = ?new.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+                        "auto_evolve: schema.max_new_columns reached; further new fields are ignored"
+                    );
+                }
+            }
+        }
         let max_pct = self.max_ratio.unwrap_or(1.0) * 100.0;
         if let Some(valve) = &mut self.valve
             && let Some(ratio) = valve.observe(outcome.is_err())
@@ -524,6 +549,33 @@ impl State {
         }
         self.follow_schema(&table.metadata)?;
         Ok(())
+    }
+
+    /// auto_evolve: adds the columns, each its own schema commit, then reads with the new schema.
+    async fn add_columns(
+        &mut self,
+        columns: Vec<crate::evolve::NewColumn>,
+        tp: &TopicPartition,
+        offset: i64,
+    ) -> Result<(), LoadError> {
+        for c in columns {
+            let mut alter = crate::alter::Alter::new(crate::ddl::AlterAction::AddColumn {
+                if_not_exists: true,
+                path: vec![c.name.clone()],
+                data_type: c.data_type.clone(),
+                not_null: false,
+                comment: Some(format!("added by floe auto_evolve (first seen at {tp} offset {offset})")),
+            });
+            match retrying!("adding a column", self.engine.commit(&mut alter)) {
+                Ok(message) => {
+                    self.evolve_budget = self.evolve_budget.saturating_sub(1);
+                    tracing::info!(column = %c.name, data_type = %c.data_type, partition = %tp, offset, "auto_evolve: {message}");
+                }
+                Err(refused) => tracing::warn!(column = %c.name, "auto_evolve: not added: {refused}"),
+            }
+        }
+        let table = retrying!("loading the table", self.engine.load());
+        self.follow_schema(&table.metadata)
     }
 
     /// Picks up a schema change made by anyone (DESIGN.md §5): rows read so far were committed

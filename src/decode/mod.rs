@@ -281,6 +281,14 @@ impl Decoder {
         self.root.finish_object()
     }
 
+    /// Removes the last appended row (the loader reads a record again after adding columns).
+    pub fn pop_last(&mut self) {
+        if self.rows > 0 {
+            self.rows -= 1;
+            self.root.truncate(self.rows);
+        }
+    }
+
     /// Rows appended since the last [`finish`](Self::finish).
     pub fn len(&self) -> usize {
         self.rows
