@@ -30,6 +30,8 @@
 mod build;
 mod fail;
 mod json;
+#[cfg(test)]
+mod roundtrip;
 mod scalar;
 #[cfg(test)]
 mod tests;
