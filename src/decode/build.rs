@@ -400,7 +400,8 @@ impl std::hash::Hasher for NameHasher {
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x517c_c1b7_2722_0a95);
         }
     }
 
@@ -418,11 +419,13 @@ impl NameIndex {
         let mut folded = HashMap::default();
         for (i, n) in names.iter().enumerate() {
             exact.entry(n.clone()).or_insert(i);
-            folded.entry(n.to_ascii_lowercase().into_boxed_slice()).or_insert(i);
+            folded
+                .entry(n.to_ascii_lowercase().into_boxed_slice())
+                .or_insert(i);
         }
         let n = names.len();
         NameIndex {
-            follow: (1..=n).collect(),
+            follow: (0..=n).map(|i| if i == n { 0 } else { i + 1 }).collect(),
             prev: n,
             names,
             exact,
@@ -929,7 +932,10 @@ impl Col {
             OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(v, vec![zero])))
         }
         match &mut self.data {
-            Data::Bool(v) => Arc::new(BooleanArray::new(BooleanBuffer::from(std::mem::take(v)), nulls)),
+            Data::Bool(v) => Arc::new(BooleanArray::new(
+                BooleanBuffer::from(std::mem::take(v)),
+                nulls,
+            )),
             Data::Int(v) => Arc::new(PrimitiveArray::<Int32Type>::new(values(v), nulls)),
             Data::Long(v) => Arc::new(PrimitiveArray::<Int64Type>::new(values(v), nulls)),
             Data::Float(v) => Arc::new(PrimitiveArray::<Float32Type>::new(values(v), nulls)),

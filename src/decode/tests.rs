@@ -1188,3 +1188,29 @@ fn days_from_civil_agrees_with_chrono() {
         d += chrono::Duration::days(97);
     }
 }
+
+#[test]
+fn keys_in_any_order_with_unknown_keys_between() {
+    let mut dec = decoder("a BIGINT, b VARCHAR, c BOOLEAN");
+    let recs = [
+        r#"{"a": 1, "b": "x", "c": true}"#,
+        r#"{"c": false, "b": "y", "a": 2}"#,
+        r#"{"b": "z", "zz": 0, "a": 3, "c": true}"#,
+        r#"{"c": true, "a": 4}"#,
+        r#"{"c": false, "b": "w", "a": 5}"#,
+    ];
+    let b = batch(&mut dec, &recs);
+    assert_eq!(
+        b.column(0).as_primitive::<Int64Type>().values().to_vec(),
+        [1, 2, 3, 4, 5]
+    );
+    let s: Vec<_> = b.column(1).as_string::<i32>().iter().collect();
+    assert_eq!(s, [Some("x"), Some("y"), Some("z"), None, Some("w")]);
+    let c: Vec<_> = b
+        .column(2)
+        .as_boolean()
+        .iter()
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(c, [true, false, true, true, false]);
+}
