@@ -410,6 +410,12 @@ impl std::hash::Hasher for NameHasher {
     }
 }
 
+/// Byte equality, inlined: keys are short, and a call to `memcmp` cost more than the comparison.
+#[inline(always)]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 type BuildNameHasher = std::hash::BuildHasherDefault<NameHasher>;
 
 impl NameIndex {
@@ -448,7 +454,7 @@ impl NameIndex {
         };
         let guess = self.follow[self.prev];
         if let Some(n) = self.names.get(guess)
-            && **n == *k
+            && same(n, k)
         {
             self.prev = guess;
             return Ok(Some(guess));

@@ -208,16 +208,7 @@ impl Decoder {
     }
 
     fn append_row(&mut self, value: &[u8]) -> Result<(), Box<Fail>> {
-        if let Err(e) = std::str::from_utf8(value) {
-            return Err(Fail::new(
-                RecordErrorKind::InvalidUtf8,
-                format!(
-                    "not UTF-8: invalid byte at {}{}",
-                    e.valid_up_to(),
-                    json::near(value, e.valid_up_to())
-                ),
-            ));
-        }
+        // UTF-8 is checked by the reader, in strings (the only place JSON allows non-ASCII).
         let mut cur = Cursor::new(value);
         if self.unnest.is_none() && self.projections.is_empty() {
             if cur.peek()? != b'{' {

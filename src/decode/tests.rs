@@ -1214,3 +1214,33 @@ fn keys_in_any_order_with_unknown_keys_between() {
         .collect();
     assert_eq!(c, [true, false, true, true, false]);
 }
+
+#[test]
+fn utf8_is_checked_in_every_string() {
+    let bad: [&[u8]; 4] = [
+        b"{\"a\": \"\xff\"}",
+        b"{\"zz\": \"ok \xc3\"}",
+        b"{\"\xe2\x82\": 1}",
+        b"{\"a\": \"\xed\xa0\x80\"}",
+    ];
+    for record in bad {
+        let mut dec = decoder("a VARCHAR");
+        let e = dec.append(record, &ORIGIN).unwrap_err();
+        assert_eq!(e.kind(), RecordErrorKind::InvalidUtf8, "{record:?}: {e}");
+    }
+    let e = decoder("a VARCHAR")
+        .append(b"{\"a\": \xff}", &ORIGIN)
+        .unwrap_err();
+    assert_eq!(e.kind(), RecordErrorKind::NotJson);
+    let mut dec = decoder("a VARCHAR, b ARRAY(VARCHAR)");
+    dec.append(
+        "{\"a\": \"é€😀 long enough to need several words\", \"b\": [\"ünï\"]}".as_bytes(),
+        &ORIGIN,
+    )
+    .unwrap();
+    let b = dec.finish();
+    assert_eq!(
+        b.column(0).as_string::<i32>().value(0),
+        "é€😀 long enough to need several words"
+    );
+}
