@@ -163,7 +163,9 @@ impl<'a> Cursor<'a> {
     /// Reads a string token; the cursor must be at the opening quote.
     #[inline]
     pub fn string(&mut self) -> Result<RawStr<'a>, Box<Fail>> {
-        debug_assert_eq!(self.b.get(self.i), Some(&b'"'));
+        if self.b.get(self.i) != Some(&b'"') {
+            return Err(self.syntax("expected a string"));
+        }
         self.i += 1;
         let start = self.i;
         let mut escaped = false;

@@ -351,6 +351,9 @@ fn locate(b: &[u8], tokens: &[String]) -> Result<Option<Range<usize>>, Box<Fail>
                     return Ok(None);
                 }
                 loop {
+                    if cur.peek()? != b'"' {
+                        return Err(cur.syntax("expected a string key"));
+                    }
                     let at = cur.i;
                     let key = cur.string()?;
                     cur.eat(b':', "':'")?;
