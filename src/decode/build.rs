@@ -627,6 +627,12 @@ pub(crate) fn decode(
                             .within(seg));
                     }
                     key.validity.append(true);
+                    let first = *offsets.last().expect("offsets start with 0") as usize;
+                    let this = key.len() - 1;
+                    // Small maps are checked key by key; large ones once, at the end.
+                    if this - first <= SMALL_MAP && key.data.repeats_key(first, this) {
+                        return Err(duplicate_key(text));
+                    }
                     cur.eat(b':', "':'")?;
                     if let Err(e) = decode(value, cur, cx, depth + 1) {
                         let text = k.text(&mut cx.scratch, at).unwrap_or_default();
@@ -636,6 +642,14 @@ pub(crate) fn decode(
                         break;
                     }
                 }
+            }
+            let first = *offsets.last().expect("offsets start with 0") as usize;
+            if key.len() - first > SMALL_MAP + 1
+                && let Some(i) = key.data.any_repeated_key(first, key.len())
+            {
+                let mut buf = [0; 16];
+                let shown = String::from_utf8_lossy(key.data.key_bytes(i, &mut buf)).into_owned();
+                return Err(duplicate_key(&shown));
             }
             offsets.push(offset32(key.len())?);
         }
@@ -788,6 +802,64 @@ fn base64_into(s: &str, out: &mut Vec<u8>) -> Result<(), Bad> {
     }
     out.truncate(before);
     Err(wrong("not base64"))
+}
+
+// ---- map keys -----------------------------------------------------------------------------------
+
+/// Maps up to this many entries check each new key against the earlier ones as it comes.
+const SMALL_MAP: usize = 32;
+
+fn duplicate_key(text: &str) -> Box<Fail> {
+    Fail::new(
+        RecordErrorKind::WrongType,
+        format!(
+            "duplicate map key {:?} (Iceberg maps have unique keys)",
+            truncated(text, SHOWN_VALUE_CHARS)
+        ),
+    )
+}
+
+impl Data {
+    /// The stored value at `i` as bytes, for comparing map keys (after conversion to the key type,
+    /// so `"1"` and `"01"` are the same int key).
+    fn key_bytes<'s>(&'s self, i: usize, buf: &'s mut [u8; 16]) -> &'s [u8] {
+        fn put<'b>(buf: &'b mut [u8; 16], bytes: &[u8]) -> &'b [u8] {
+            buf[..bytes.len()].copy_from_slice(bytes);
+            &buf[..bytes.len()]
+        }
+        match self {
+            Data::Bool(v) => put(buf, &[u8::from(v[i])]),
+            Data::Int(v) | Data::Date(v) => put(buf, &v[i].to_le_bytes()),
+            Data::Long(v) | Data::Time(v) | Data::Timestamp { v, .. } => {
+                put(buf, &v[i].to_le_bytes())
+            }
+            Data::Float(v) => put(buf, &v[i].to_bits().to_le_bytes()),
+            Data::Double(v) => put(buf, &v[i].to_bits().to_le_bytes()),
+            Data::Decimal { v, .. } => put(buf, &v[i].to_le_bytes()),
+            Data::String { offsets, data } => &data[offsets[i] as usize..offsets[i + 1] as usize],
+            Data::Binary { offsets, data } => &data[offsets[i] as usize..offsets[i + 1] as usize],
+            Data::Uuid(v) => &v[i * 16..i * 16 + 16],
+            Data::Fixed { width, data } => &data[i * width..(i + 1) * width],
+            // Map keys are primitive (checked when the decoder is built).
+            Data::List { .. } | Data::Map { .. } | Data::Struct(_) => &[],
+        }
+    }
+
+    /// Whether the key at `this` equals one in `first..this`.
+    fn repeats_key(&self, first: usize, this: usize) -> bool {
+        let (mut a, mut b) = ([0; 16], [0; 16]);
+        let new = self.key_bytes(this, &mut a);
+        (first..this).any(|j| self.key_bytes(j, &mut b) == new)
+    }
+
+    /// Some key in `first..end` that appears twice.
+    fn any_repeated_key(&self, first: usize, end: usize) -> Option<usize> {
+        let mut keys: Vec<(Vec<u8>, usize)> = (first..end)
+            .map(|i| (self.key_bytes(i, &mut [0; 16]).to_vec(), i))
+            .collect();
+        keys.sort_unstable();
+        keys.windows(2).find(|w| w[0].0 == w[1].0).map(|w| w[1].1)
+    }
 }
 
 // ---- bookkeeping -------------------------------------------------------------------------------

@@ -1527,3 +1527,38 @@ fn batches_round_trip_through_parquet() {
         );
     }
 }
+
+#[test]
+fn map_keys_must_be_unique_after_conversion() {
+    let e = fails(
+        "m MAP(VARCHAR, INTEGER)",
+        r#"{"m": {"a": 1, "b": 2, "a": 3}}"#,
+    );
+    assert_eq!((e.kind(), e.column()), (RecordErrorKind::WrongType, "m"));
+    assert!(e.message().contains("duplicate map key \"a\""), "{e}");
+    // "1" and "01" are the same int.
+    assert_eq!(
+        fails("m MAP(INTEGER, INTEGER)", r#"{"m": {"1": 1, "01": 2}}"#).kind(),
+        RecordErrorKind::WrongType
+    );
+    // Large maps are checked too; the same keys in different maps are fine.
+    let big: Vec<String> = (0..100).map(|i| format!("\"k{i}\": {i}")).collect();
+    let mut dup = big.clone();
+    dup.push("\"k7\": 0".into());
+    let e = fails(
+        "m MAP(VARCHAR, INTEGER)",
+        &format!(r#"{{"m": {{{}}}}}"#, dup.join(", ")),
+    );
+    assert!(e.message().contains("\"k7\""), "{e}");
+    let b = batch(
+        &mut decoder("m MAP(VARCHAR, INTEGER), n MAP(VARCHAR, MAP(VARCHAR, INTEGER))"),
+        &[
+            &format!(
+                r#"{{"m": {{{}}}, "n": {{"a": {{"a": 1}}, "b": {{"a": 2}}}}}}"#,
+                big.join(", ")
+            ),
+            r#"{"m": {"k1": 1}}"#,
+        ],
+    );
+    assert_eq!(b.column(0).as_map().value(0).len(), 100);
+}
