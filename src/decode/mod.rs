@@ -25,7 +25,8 @@
 //! - uuid: its text form; binary and fixed: base64 (standard or URL-safe, padding optional).
 //! - list: an array; map: an object whose keys are converted to the key type; struct: an object.
 //! - missing or null: NULL, or an error for a required column. Fields not in the table are skipped
-//!   and counted ([`Decoder::ignored_fields`]). A repeated key: the last value wins.
+//!   and counted ([`Decoder::ignored_fields`]). A repeated field name: the last value wins; a
+//!   repeated map key (after conversion to the key type) is an error.
 
 mod build;
 mod fail;
@@ -283,7 +284,7 @@ impl Decoder {
         self.rows == 0
     }
 
-    /// Approximate memory held by the buffered rows.
+    /// Approximate memory held by the buffered rows. Walks the column builders: O(columns).
     pub fn buffered_bytes(&self) -> usize {
         self.root.buffered_bytes()
     }

@@ -1562,3 +1562,13 @@ fn map_keys_must_be_unique_after_conversion() {
     );
     assert_eq!(b.column(0).as_map().value(0).len(), 100);
 }
+
+#[test]
+fn a_decoder_can_move_to_another_thread() {
+    fn send<T: Send>(_: &T) {}
+    let dec = decoder("a BIGINT");
+    send(&dec);
+    let e = fails("a BIGINT", "x");
+    send(&e);
+    let _: &(dyn std::error::Error + Send + Sync) = &e;
+}
