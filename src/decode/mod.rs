@@ -131,6 +131,7 @@ pub enum DecodeSetupError {
 /// Decodes JSON records into Arrow record batches of one table schema.
 pub struct Decoder {
     schema: SchemaRef,
+    schema_id: i32,
     root: StructCols,
     cx: Cx,
     rows: usize,
@@ -172,6 +173,7 @@ impl Decoder {
             .map_or(ZoneRule::Fixed(0), ZoneRule::Region);
         Ok(Decoder {
             schema: std::sync::Arc::new(arrow),
+            schema_id: schema.schema_id(),
             root,
             cx: Cx::new(
                 options.epoch_unit,
@@ -190,6 +192,11 @@ impl Decoder {
     /// table schema, field-id metadata included.
     pub fn arrow_schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    /// The id of the Iceberg schema this decoder reads by (to notice a schema change).
+    pub fn schema_id(&self) -> i32 {
+        self.schema_id
     }
 
     /// Decodes one record and appends it. On error nothing of this record is kept.

@@ -82,6 +82,7 @@ fn arrow_schema_is_the_iceberg_crates() {
     let dec = Decoder::new(&schema, DecodeOptions::default()).unwrap();
     let expected = iceberg::arrow::schema_to_arrow_schema(&schema).unwrap();
     assert_eq!(*dec.arrow_schema(), expected);
+    assert_eq!(dec.schema_id(), schema.schema_id());
     let mut dec = dec;
     assert_eq!(*dec.finish().schema(), expected);
 }
