@@ -160,6 +160,8 @@ pub struct Append {
     pub pipeline: String,
     pub ranges: Vec<OffsetRange>,
     pub files: Vec<DataFile>,
+    /// The partition spec the files were written with.
+    pub spec_id: i32,
     /// Unique per batch: recognises this batch's own commit after an unknown swap outcome.
     pub commit_id: String,
     /// Other table properties written in the same commit (e.g. dead-letter topic positions).
@@ -169,11 +171,12 @@ pub struct Append {
 }
 
 impl Append {
-    pub fn new(pipeline: impl Into<String>, ranges: Vec<OffsetRange>, files: Vec<DataFile>) -> Self {
+    pub fn new(pipeline: impl Into<String>, ranges: Vec<OffsetRange>, files: Vec<DataFile>, spec_id: i32) -> Self {
         Append {
             pipeline: pipeline.into(),
             ranges,
             files,
+            spec_id,
             commit_id: uuid::Uuid::now_v7().to_string(),
             properties: HashMap::new(),
             new_ledger: None,
@@ -267,6 +270,7 @@ impl Operation for Append {
             file_io,
             SnapshotOperation::Append,
             self.files.clone(),
+            self.spec_id,
             extra,
             props,
         )
@@ -296,6 +300,7 @@ pub async fn build_snapshot(
     file_io: &FileIO,
     operation: SnapshotOperation,
     files: Vec<DataFile>,
+    spec_id: i32,
     summary_extra: HashMap<String, String>,
     properties: HashMap<String, String>,
 ) -> Result<(TableMetadata, Vec<String>), CommitError> {
@@ -335,7 +340,7 @@ pub async fn build_snapshot(
         let manifest_path = format!("{meta_dir}/{attempt}-m0.avro");
         attempt_files.push(manifest_path.clone());
         manifests.push(
-            write_manifest(m, file_io, &manifest_path, snapshot_id, sequence_number, files)
+            write_manifest(m, file_io, &manifest_path, spec_id, snapshot_id, sequence_number, files)
                 .await
                 .map_err(io("manifest"))?,
         );
@@ -442,16 +447,25 @@ async fn write_manifest(
     m: &TableMetadata,
     file_io: &FileIO,
     path: &str,
+    spec_id: i32,
     snapshot_id: i64,
     sequence_number: i64,
     files: Vec<DataFile>,
 ) -> Result<ManifestFile, iceberg::Error> {
+    // The spec the files were partitioned by, which may no longer be the default one if the
+    // partitioning changed while they were written (a manifest holds files of one spec).
+    let spec = m.partition_spec_by_id(spec_id).ok_or_else(|| {
+        iceberg::Error::new(
+            iceberg::ErrorKind::DataInvalid,
+            format!("partition spec {spec_id} of the written files is not in the table"),
+        )
+    })?;
     let output = file_io.new_output(path)?;
     let mut writer = ManifestWriterBuilder::new(
         output,
         Some(snapshot_id),
         m.current_schema().clone(),
-        m.default_partition_spec().as_ref().clone(),
+        spec.as_ref().clone(),
     )
     .build_v2_data();
     for f in files {
@@ -502,7 +516,16 @@ impl Operation for Skip {
             ("floe.skip-reason".to_owned(), self.reason.clone()),
         ]);
         let (metadata, attempt_files) =
-            build_snapshot(base, file_io, SnapshotOperation::Append, Vec::new(), summary, props).await?;
+            build_snapshot(
+                base,
+                file_io,
+                SnapshotOperation::Append,
+                Vec::new(),
+                base.metadata.default_partition_spec_id(),
+                summary,
+                props,
+            )
+            .await?;
         Ok(Staged { metadata, attempt_files })
     }
 

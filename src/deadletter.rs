@@ -399,7 +399,7 @@ impl TableDeadLetters {
             message: e.to_string(),
         })?;
         let paths: Vec<String> = files.iter().map(|f| f.file_path().to_owned()).collect();
-        let mut append = Append::new(self.pipeline.clone(), dl_ranges, files);
+        let mut append = Append::new(self.pipeline.clone(), dl_ranges, files, table.metadata.default_partition_spec_id());
         match self.engine.commit(&mut append).await {
             Ok(AppendOutcome::Committed { .. }) => {
                 tracing::info!(table = %self.engine.table(), rows = todo.len(), "dead letters committed");

@@ -487,7 +487,8 @@ impl State {
             Vec::new()
         };
         let written: Vec<String> = files.iter().map(|f| f.file_path().to_owned()).collect();
-        let mut append = Append::new(self.pipeline.clone(), ranges.clone(), files);
+        let spec_id = table.metadata.default_partition_spec_id();
+        let mut append = Append::new(self.pipeline.clone(), ranges.clone(), files, spec_id);
         // Dead letters are written before the commit that moves the ledger past them.
         let letters = std::mem::take(&mut self.dead_letters);
         if !letters.is_empty() {
