@@ -56,7 +56,7 @@ SAMPLE_ID = "floe.sample.id"
 KINDS = ["not-json", "wrong-type", "missing-required", "out-of-range", "invalid-utf8"]
 # The column a sample record of each kind is at fault in ("" = the record as a whole). Records
 # produced by a test itself name it in a header instead.
-COLUMN_OF_KIND = {"not-json": "", "invalid-utf8": "", "wrong-type": "integer", "out-of-range": "integer",
+COLUMN_OF_KIND = {"not-json": "", "invalid-utf8": "string", "wrong-type": "integer", "out-of-range": "integer",
                   "missing-required": "id", "not-an-object": ""}
 TEST_COLUMN = "floe.test.column"
 # What the reason in a stop message says, per kind.
