@@ -443,7 +443,7 @@ async fn write_manifest(
     sequence_number: i64,
     files: Vec<DataFile>,
     attempt_files: &mut Vec<String>,
-    seen: &mut dyn FnMut(&DataFile),
+    seen: &mut (dyn FnMut(&DataFile) + Send),
 ) -> Result<ManifestFile, iceberg::Error> {
     let manifest_path = format!("{meta_dir}/{attempt}-m0.avro");
     let output = file_io.new_output(&manifest_path)?;

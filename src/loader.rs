@@ -368,10 +368,11 @@ impl State {
             && let Some(ratio) = valve.observe(outcome.is_err())
             && let Err(last) = &outcome
         {
+            let window = valve.window();
             return Err(LoadError::TooManyDeadLetters {
                 failed_pct: ratio * 100.0,
                 max_pct: self.config_max_ratio() * 100.0,
-                window: valve.window(),
+                window,
                 last: last.clone(),
             });
         }

@@ -27,7 +27,7 @@ pub async fn query(catalog: &Catalog, sql: &str) -> Result<Vec<RecordBatch>, Que
     let default_catalog = ctx
         .catalog("datafusion")
         .expect("DataFusion always has its default catalog");
-    let runtime = iceberg::runtime::Runtime::try_current().map_err(|e| QueryError::Sql(e.to_string()))?;
+    let runtime = iceberg::Runtime::try_current().map_err(|e| QueryError::Sql(e.to_string()))?;
     for name in catalog.list_tables(None).await? {
         let loaded = catalog.load(&name).await?;
         let table_err = |e: &dyn std::fmt::Display| QueryError::Table {
