@@ -166,6 +166,12 @@ impl Loader {
             None => None,
         };
         let valve = dl.max_ratio.map(|r| RatioValve::new(r, dl.window));
+        // Table maintenance on its own task; its commits race ours through the catalog swap.
+        let maintenance = crate::maintain::schedule::spawn(
+            self.engine.clone(),
+            &self.config.maintenance,
+            self.config.commit.target_file_size,
+        );
         let mut state = State {
             engine: self.engine,
             pipeline: self.pipeline,
@@ -187,6 +193,9 @@ impl Loader {
         };
         tracing::info!(pipeline = %state.pipeline, table = %state.engine.table(), topics = ?self.config.source.topics, "loader started");
         let result = state.main_loop(&mut events, shutdown).await;
+        if let Some(m) = maintenance {
+            m.stop().await;
+        }
         // Leave the group; keep answering the consumer's callbacks until it is gone.
         let _ = state.commands.send(Command::Stop);
         while let Some(ev) = events.recv().await {
