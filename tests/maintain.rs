@@ -96,6 +96,7 @@ async fn scan(fx: &Fixture) -> Vec<(i64, Option<i64>)> {
         .metadata(t.metadata.clone())
         .identifier(iceberg::TableIdent::from_strs(["default", "events"]).unwrap())
         .readonly(true)
+        .runtime(iceberg::Runtime::try_current().unwrap())
         .build()
         .unwrap();
     let batches: Vec<RecordBatch> = table.scan().select_all().build().unwrap().to_arrow().await.unwrap().try_collect().await.unwrap();
