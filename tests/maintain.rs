@@ -143,8 +143,11 @@ fn summary(t: &floe::catalog::LoadedTable) -> HashMap<String, String> {
     t.metadata.current_snapshot().unwrap().summary().additional_properties.clone()
 }
 
-/// (snapshot id, data sequence number, file sequence number) of every live entry, by path.
-fn entry_numbers(l: &LiveFiles) -> BTreeMap<String, (Option<i64>, Option<i64>, Option<i64>)> {
+/// (snapshot id, data sequence number, file sequence number) of an entry.
+type Numbers = (Option<i64>, Option<i64>, Option<i64>);
+
+/// The numbers of every live entry, by path.
+fn entry_numbers(l: &LiveFiles) -> BTreeMap<String, Numbers> {
     l.data
         .iter()
         .map(|(p, f)| (p.clone(), (f.entry.snapshot_id(), f.entry.sequence_number(), f.entry.file_sequence_number)))
