@@ -136,7 +136,7 @@ async fn run(engine: &CommitEngine, config: &MaintenanceConfig, kind: Kind, defa
             .map(|r| r.to_string()),
     };
     match result {
-        Ok(summary) => tracing::info!(task = ?kind, table = %table, "{}", summary.trim_end()),
+        Ok(summary) => tracing::info!(task = ?kind, table = %table, "{}", summary.trim_end().replace('\n', "; ")),
         Err(e) if e.is_transient() => tracing::warn!(task = ?kind, table = %table, error = %e, "maintenance task failed; it runs again at its next time"),
         Err(e) => tracing::error!(task = ?kind, table = %table, error = %e, "maintenance task failed; fix the cause, it runs again at its next time"),
     }

@@ -151,3 +151,38 @@ def test_expiry_retention_and_orphans(catalog):
     table = cat.load_table("default.events")
     assert pyiceberg_rows(table) == expected
     assert duckdb_rows(table) == expected
+
+
+def test_scheduled_compaction_beside_a_loader_under_load(tmp_path, floe_bin, kafka_bootstrap, procs):
+    """`floe run` with `[maintenance] compact_every`: the loader's commits keep landing every
+    interval while compactions replace its files, and every id is in the table exactly once."""
+    from loader_harness import Pipeline, assert_each_id_once
+
+    n = 30_000
+    p = Pipeline(tmp_path / "sched", floe_bin, kafka_bootstrap, procs, prefix="floe-maint")
+    p.write_config(interval="1s")
+    with open(p.config, "a") as f:
+        f.write('\n[maintenance]\ncompact_every = "3s"\ntarget_file_size = "1MiB"\n'
+                'expire_every = "5s"\nexpire_older_than = "10s"\nretain_last = 5\n')
+    p.create_table()
+    publisher = p.publish_in_background(n, 1, 2, rate=1500, spread="2d")
+    loader = p.start_loader("maint")
+    publisher.join(timeout=120)
+    p.wait_rows(n, timeout=120, alive=[loader])
+    loader.sigterm_ok()
+
+    log = loader.log()
+    assert "table maintenance scheduled" in log, loader.tail()
+    table = p.table()
+    assert_each_id_once(p.ids().to_pylist(), range(1, n + 1))
+    assert p.ledger() == p.end_offsets()
+    history = [(s.timestamp_ms, s.summary.operation.value, s.summary.additional_properties) for s in table.metadata.snapshots]
+    replaces = [h for h in history if h[1] == "replace"]
+    committed = log.count("batch committed")
+    assert log.count("task=Compact") >= 2, loader.tail(80)
+    assert committed >= 15, f"only {committed} loader commits in ~20 s of load"
+    # Expiry ran too: old snapshots are gone, the ledger is still there.
+    assert len(history) < committed, f"{len(history)} snapshots left of {committed}+ commits"
+    files = live_files(table)
+    assert len(files) < committed, f"{len(files)} data files after compaction, {committed} commits"
+    print(f"{committed} loader commits, {len(replaces)} replace snapshots still in the history, {len(files)} live files")
