@@ -1124,4 +1124,25 @@ mod tests {
         let e = Config::load(&dir.path().join("missing.toml"), &|_| None).unwrap_err();
         assert!(e.to_string().contains("missing.toml"), "{e}");
     }
+
+    #[test]
+    fn maintenance_section() {
+        let c = parse(
+            "[maintenance]\ncompact_every = \"5m\"\ncompact_since = \"2d\"\nexpire_every = \"1d\"\n\
+             retain_last = 3\nretention_column = \"timestamp\"\nretention_keep = \"30d\"\n",
+        )
+        .unwrap();
+        let m = &c.maintenance;
+        assert_eq!(m.compact_every, Some(Duration::from_secs(300)));
+        assert_eq!(m.compact_since, Some(Duration::from_secs(2 * 86_400)));
+        assert_eq!(m.retain_last, 3);
+        assert_eq!(m.expire_older_than, Duration::from_secs(7 * 86_400));
+        assert_eq!(m.retention_every(), Some(Duration::from_secs(86_400)));
+        assert!(Config::defaults().maintenance.compact_every.is_none());
+        assert!(err("[maintenance]\nretention_keep = \"30d\"").contains("retention_column"));
+        assert!(err("[maintenance]\nretention_column = \"ts\"").contains("retention_keep"));
+        assert!(err("[maintenance]\norphans_older_than = \"5m\"").contains("too short"));
+        assert!(err("[maintenance]\nretain_last = 0").contains("retain_last"));
+        assert!(err("[maintenance]\ncompact_evry = \"5m\"").contains("compact_every"));
+    }
 }
