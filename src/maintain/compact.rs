@@ -199,7 +199,7 @@ pub async fn compact(engine: &CommitEngine, opts: &CompactOptions) -> Result<Com
     for g in &groups {
         let files: Vec<&LiveFile> = g.files.iter().map(|p| &live.data[p]).collect();
         let result = async {
-            let batches = read_files(io, &table.metadata, &files).await?;
+            let batches = read_files(io, &name, &table.metadata, &files).await?;
             crate::write::write_data_files(io, &table.metadata, batches, opts.target_file_size)
                 .await
                 .map_err(MaintainError::from)
@@ -251,6 +251,7 @@ pub async fn compact(engine: &CommitEngine, opts: &CompactOptions) -> Result<Com
 /// written come back as nulls, as every reader sees them).
 pub(crate) async fn read_files(
     io: &FileIO,
+    table: &str,
     m: &TableMetadata,
     files: &[&LiveFile],
 ) -> Result<Vec<RecordBatch>, MaintainError> {
@@ -278,12 +279,12 @@ pub(crate) async fn read_files(
     for f in files {
         if f.entry.file_format() != DataFileFormat::Parquet {
             return Err(MaintainError::invalid(
-                "",
+                table,
                 format!("data file {} is {:?}; only Parquet files are rewritten", f.path(), f.entry.file_format()),
             ));
         }
     }
-    let read_err = |e: iceberg::Error| MaintainError::io("", "reading data files", &files.first().map(|f| f.path().to_owned()).unwrap_or_default(), e);
+    let read_err = |e: iceberg::Error| MaintainError::io(table, "reading data files", &files.first().map(|f| f.path().to_owned()).unwrap_or_default(), e);
     let runtime = iceberg::Runtime::try_current().map_err(read_err)?;
     let reader = iceberg::arrow::ArrowReaderBuilder::new(io.clone(), runtime)
         .with_data_file_concurrency_limit(2)

@@ -240,7 +240,7 @@ pub async fn retention(engine: &CommitEngine, opts: &RetentionOptions) -> Result
             }
             Fate::Rewrite if live.has_deletes(f) => report.skipped_with_deletes.push(f.path().to_owned()),
             Fate::Rewrite => {
-                let batches = read_files(io, m, &[f]).await?;
+                let batches = read_files(io, &name, m, &[f]).await?;
                 let before: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
                 let kept: Vec<RecordBatch> = batches
                     .iter()
