@@ -75,6 +75,16 @@ pub trait Operation {
     type Outcome;
     /// Looks at the metadata the commit would replace.
     fn check(&mut self, base: &LoadedTable) -> Result<Check<Self::Outcome>, CommitError>;
+    /// Checks that must read files of `base` (its manifests, say): runs after `check` passed, on
+    /// the same base, before `build`. Compaction and retention use it to validate that the files
+    /// they replace are still live in exactly the metadata the swap is conditioned on.
+    fn validate(
+        &mut self,
+        _base: &LoadedTable,
+        _file_io: &FileIO,
+    ) -> impl Future<Output = Result<Check<Self::Outcome>, CommitError>> + Send {
+        async { Ok(Check::Proceed) }
+    }
     /// Builds the new metadata on `base`.
     fn build(
         &mut self,
@@ -120,6 +130,9 @@ impl CommitEngine {
         loop {
             let base = self.catalog.load(&self.table).await?;
             if let Check::Stop(outcome) = op.check(&base)? {
+                return Ok(outcome);
+            }
+            if let Check::Stop(outcome) = op.validate(&base, self.catalog.file_io()).await? {
                 return Ok(outcome);
             }
             let staged = op.build(&base, self.catalog.file_io()).await?;
@@ -541,7 +554,7 @@ impl Operation for Skip {
 }
 
 /// A positive snapshot id no snapshot of the table has.
-fn new_snapshot_id(m: &TableMetadata) -> i64 {
+pub(crate) fn new_snapshot_id(m: &TableMetadata) -> i64 {
     let mut rng = rand::rng();
     loop {
         let id = rng.random_range(1..i64::MAX);

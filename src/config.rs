@@ -60,6 +60,8 @@ pub struct Config {
     pub dead_letter: DeadLetterConfig,
     #[serde(default)]
     pub schema: SchemaConfig,
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
 }
 
 /// How the loader treats the table's schema.
@@ -86,6 +88,113 @@ impl Default for SchemaConfig {
 
 fn default_max_new_columns() -> usize {
     20
+}
+
+/// Table maintenance inside `floe run`. A task runs only when its `*_every` is set (retention:
+/// when `retention_column` and `retention_keep` are set, daily unless `retention_every` says).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Compact small files (and merge manifests) this often, e.g. "5m".
+    #[serde(default, with = "human_duration_opt")]
+    pub compact_every: Option<Duration>,
+    /// Only compact partitions written within this period, e.g. "2d".
+    #[serde(default, with = "human_duration_opt")]
+    pub compact_since: Option<Duration>,
+    /// Size of compacted files. Default: `commit.target_file_size`.
+    #[serde(default, with = "human_size_opt")]
+    pub target_file_size: Option<u64>,
+    /// Expire old snapshots this often, e.g. "1d".
+    #[serde(default, with = "human_duration_opt")]
+    pub expire_every: Option<Duration>,
+    #[serde(default = "default_expire_older_than", with = "human_duration")]
+    pub expire_older_than: Duration,
+    #[serde(default = "default_retain_last")]
+    pub retain_last: usize,
+    /// The time column whose old rows retention removes.
+    pub retention_column: Option<String>,
+    /// Rows older than this are removed, e.g. "30d".
+    #[serde(default, with = "human_duration_opt")]
+    pub retention_keep: Option<Duration>,
+    #[serde(default, with = "human_duration_opt")]
+    pub retention_every: Option<Duration>,
+    /// Delete unreferenced files this often, e.g. "1d".
+    #[serde(default, with = "human_duration_opt")]
+    pub orphans_every: Option<Duration>,
+    #[serde(default = "default_orphans_older_than", with = "human_duration")]
+    pub orphans_older_than: Duration,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig {
+            compact_every: None,
+            compact_since: None,
+            target_file_size: None,
+            expire_every: None,
+            expire_older_than: default_expire_older_than(),
+            retain_last: default_retain_last(),
+            retention_column: None,
+            retention_keep: None,
+            retention_every: None,
+            orphans_every: None,
+            orphans_older_than: default_orphans_older_than(),
+        }
+    }
+}
+
+impl MaintenanceConfig {
+    /// How often retention runs when it is configured.
+    pub fn retention_every(&self) -> Option<Duration> {
+        self.retention_keep
+            .map(|_| self.retention_every.unwrap_or(Duration::from_secs(86_400)))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (key, v) in [
+            ("compact_every", self.compact_every),
+            ("compact_since", self.compact_since),
+            ("expire_every", self.expire_every),
+            ("retention_keep", self.retention_keep),
+            ("retention_every", self.retention_every),
+            ("orphans_every", self.orphans_every),
+        ] {
+            if v.is_some_and(|d| d < Duration::from_secs(1)) {
+                return Err(format!("maintenance.{key} must be at least \"1s\""));
+            }
+        }
+        if self.retain_last == 0 {
+            return Err("maintenance.retain_last must be at least 1 (the current snapshot is always kept)".into());
+        }
+        if self.orphans_older_than < Duration::from_secs(3600) {
+            return Err(format!(
+                "maintenance.orphans_older_than = {:?} is too short: a writer's files are unreferenced until its \
+                 commit lands; use at least \"1h\" (typical: \"3d\")",
+                self.orphans_older_than
+            ));
+        }
+        if self.target_file_size.is_some_and(|s| s < 1 << 20) {
+            return Err("maintenance.target_file_size is below 1MiB; typical values are 64MiB to 512MiB".into());
+        }
+        match (&self.retention_column, self.retention_keep) {
+            (Some(_), None) => Err("maintenance.retention_column is set but retention_keep is not; add e.g. `retention_keep = \"30d\"`".into()),
+            (None, Some(_)) => Err("maintenance.retention_keep is set but retention_column is not; name the time column, e.g. `retention_column = \"timestamp\"`".into()),
+            (None, None) if self.retention_every.is_some() => {
+                Err("maintenance.retention_every is set but retention_column and retention_keep are not".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn default_expire_older_than() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+fn default_retain_last() -> usize {
+    10
+}
+fn default_orphans_older_than() -> Duration {
+    Duration::from_secs(3 * 86_400)
 }
 
 /// Where records that can never be written go. With neither a topic nor a table, the first such
@@ -320,6 +429,7 @@ impl Config {
         if dl.window == 0 {
             return Err(invalid("dead_letter.window must be at least 1".into()));
         }
+        self.maintenance.validate().map_err(invalid)?;
         if let Some(t) = &dl.table {
             TableName::parse(t).map_err(|m| invalid(format!("dead_letter.table: {m}")))?;
         }
@@ -746,6 +856,26 @@ mod human_duration {
     }
 }
 
+/// Optional durations (the field is absent when not configured).
+mod human_duration_opt {
+    use std::time::Duration;
+
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::human_duration::deserialize(d).map(Some)
+    }
+}
+
+/// Optional sizes.
+mod human_size_opt {
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        super::human_size::deserialize(d).map(Some)
+    }
+}
+
 /// Sizes written as `"128MiB"`, `"1GB"`, `"4096"`.
 mod human_size {
     use serde::{Deserialize, Deserializer};
@@ -1021,5 +1151,26 @@ mod tests {
         assert_eq!(c.data_dir, dir.path().join("data"));
         let e = Config::load(&dir.path().join("missing.toml"), &|_| None).unwrap_err();
         assert!(e.to_string().contains("missing.toml"), "{e}");
+    }
+
+    #[test]
+    fn maintenance_section() {
+        let c = parse(
+            "[maintenance]\ncompact_every = \"5m\"\ncompact_since = \"2d\"\nexpire_every = \"1d\"\n\
+             retain_last = 3\nretention_column = \"timestamp\"\nretention_keep = \"30d\"\n",
+        )
+        .unwrap();
+        let m = &c.maintenance;
+        assert_eq!(m.compact_every, Some(Duration::from_secs(300)));
+        assert_eq!(m.compact_since, Some(Duration::from_secs(2 * 86_400)));
+        assert_eq!(m.retain_last, 3);
+        assert_eq!(m.expire_older_than, Duration::from_secs(7 * 86_400));
+        assert_eq!(m.retention_every(), Some(Duration::from_secs(86_400)));
+        assert!(Config::defaults().maintenance.compact_every.is_none());
+        assert!(err("[maintenance]\nretention_keep = \"30d\"").contains("retention_column"));
+        assert!(err("[maintenance]\nretention_column = \"ts\"").contains("retention_keep"));
+        assert!(err("[maintenance]\norphans_older_than = \"5m\"").contains("too short"));
+        assert!(err("[maintenance]\nretain_last = 0").contains("retain_last"));
+        assert!(err("[maintenance]\ncompact_evry = \"5m\"").contains("compact_every"));
     }
 }

@@ -15,6 +15,7 @@ pub mod decode;
 pub mod kafka;
 pub mod ledger;
 pub mod loader;
+pub mod maintain;
 #[cfg(feature = "query")]
 pub mod query;
 pub mod sample;

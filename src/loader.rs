@@ -177,6 +177,12 @@ impl Loader {
             None => None,
         };
         let valve = dl.max_ratio.map(|r| RatioValve::new(r, dl.window));
+        // Table maintenance on its own task; its commits race ours through the catalog swap.
+        let maintenance = crate::maintain::schedule::spawn(
+            self.engine.clone(),
+            &self.config.maintenance,
+            self.config.commit.target_file_size,
+        );
         let mut state = State {
             engine: self.engine,
             pipeline: self.pipeline,
@@ -201,6 +207,9 @@ impl Loader {
         };
         tracing::info!(pipeline = %state.pipeline, table = %state.engine.table(), topics = ?self.config.source.topics, "loader started");
         let result = state.main_loop(&mut events, shutdown).await;
+        if let Some(m) = maintenance {
+            m.stop().await;
+        }
         // Leave the group; keep answering the consumer's callbacks until it is gone.
         let _ = state.commands.send(Command::Stop);
         while let Some(ev) = events.recv().await {
@@ -411,10 +420,11 @@ impl State {
             && let Some(ratio) = valve.observe(outcome.is_err())
             && let Err(last) = &outcome
         {
+            let window = valve.window();
             return Err(LoadError::TooManyDeadLetters {
                 failed_pct: ratio * 100.0,
                 max_pct,
-                window: valve.window(),
+                window,
                 last: Box::new(last.clone()),
             });
         }

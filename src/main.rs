@@ -51,7 +51,7 @@ enum Command {
         reason: String,
     },
     /// Table maintenance: compaction, snapshot expiry, retention, orphan files.
-    Maintain,
+    Maintain(MaintainArgs),
     /// Show pipelines, their ledgers and lag.
     Status,
     /// Run a read-only SQL query over the tables.
@@ -87,6 +87,60 @@ enum TableCommand {
         /// Only this namespace.
         namespace: Option<String>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct MaintainArgs {
+    /// `namespace.table`. Default: the configured table.
+    #[arg(long, global = true)]
+    table: Option<String>,
+    /// Print what would change; change nothing.
+    #[arg(long, global = true)]
+    dry_run: bool,
+    #[command(subcommand)]
+    task: MaintainTask,
+}
+
+#[derive(Subcommand, Debug)]
+enum MaintainTask {
+    /// Bin-pack small data files per partition into files near the target size and merge
+    /// manifests (an Iceberg `replace` snapshot).
+    Compact {
+        /// Only partitions that received data within this period, e.g. `2d`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// Size of the compacted files, e.g. `128MiB`. Default: `commit.target_file_size`.
+        #[arg(long, value_parser = parse_size)]
+        target_file_size: Option<u64>,
+    },
+    /// Remove old snapshots and delete the files only they reached. The ledger stays.
+    ExpireSnapshots {
+        /// Snapshots older than this may go, e.g. `7d`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Duration,
+        /// Always keep this many of the latest snapshots of each branch.
+        #[arg(long, default_value_t = 1)]
+        retain_last: usize,
+    },
+    /// Remove the rows whose time column is older than the cutoff.
+    Retention {
+        /// The time column (timestamp, timestamptz or date).
+        #[arg(long)]
+        column: String,
+        /// Keep this much, e.g. `30d`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        keep: Duration,
+    },
+    /// Delete files under the table location that no metadata references.
+    RemoveOrphans {
+        /// Only files not modified for this long, e.g. `3d` (at least 1h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Duration,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    floe::config::parse_size(s)
 }
 
 #[derive(clap::Args, Debug)]
@@ -216,11 +270,55 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 Err(message) => Err(Failure::usage(message)),
             }
         }
-        Command::Maintain | Command::Status => Err(Failure::usage(
+        Command::Maintain(args) => maintain(&config, args).await,
+        Command::Status => Err(Failure::usage(
             "this command is not available yet in this version of floe (see the issue tracker: \
              the loader, maintenance, status and query arrive in later releases)",
         )),
     }
+}
+
+async fn maintain(config: &Config, args: MaintainArgs) -> Result<(), Failure> {
+    use floe::maintain::{compact, expire, orphans, retention};
+    let table = match &args.table {
+        Some(t) => floe::config::TableName::parse(t).map_err(Failure::usage)?,
+        None => config.table_name().map_err(Failure::usage)?,
+    };
+    let catalog = Catalog::open(config).await.map_err(Failure::runtime)?;
+    let engine = floe::commit::CommitEngine::new(catalog, table);
+    let dry_run = args.dry_run;
+    let fail = |e: floe::maintain::MaintainError| {
+        if matches!(e, floe::maintain::MaintainError::Invalid { .. }) { Failure::usage(e) } else { Failure::runtime(e) }
+    };
+    let report = match args.task {
+        MaintainTask::Compact { since, target_file_size } => {
+            let opts = compact::CompactOptions {
+                target_file_size: target_file_size.unwrap_or(config.commit.target_file_size),
+                since,
+                dry_run,
+            };
+            compact::compact(&engine, &opts).await.map_err(fail)?.to_string()
+        }
+        MaintainTask::ExpireSnapshots { older_than, retain_last } => {
+            let opts = expire::ExpireOptions { older_than, retain_last, dry_run };
+            expire::expire_snapshots(&engine, &opts).await.map_err(fail)?.to_string()
+        }
+        MaintainTask::Retention { column, keep } => {
+            let opts = retention::RetentionOptions {
+                column,
+                keep,
+                target_file_size: config.commit.target_file_size,
+                dry_run,
+            };
+            retention::retention(&engine, &opts).await.map_err(fail)?.to_string()
+        }
+        MaintainTask::RemoveOrphans { older_than } => {
+            let opts = orphans::OrphanOptions { older_than, dry_run };
+            orphans::remove_orphans(&engine, &opts).await.map_err(fail)?.to_string()
+        }
+    };
+    print!("{report}");
+    Ok(())
 }
 
 async fn table_command(config: &Config, cmd: TableCommand) -> Result<(), Failure> {

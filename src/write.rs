@@ -168,3 +168,10 @@ pub async fn delete_files(file_io: &FileIO, paths: impl IntoIterator<Item = Stri
         }
     }
 }
+
+/// Arrow schema of the table's current schema, as the writer expects batches.
+pub fn arrow_schema(metadata: &TableMetadata) -> Result<std::sync::Arc<arrow_schema::Schema>, String> {
+    iceberg::arrow::schema_to_arrow_schema(metadata.current_schema())
+        .map(std::sync::Arc::new)
+        .map_err(|e| e.to_string())
+}

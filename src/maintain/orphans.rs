@@ -1,0 +1,167 @@
+//! Orphan files: files under the table's `data/` and `metadata/` directories that no metadata
+//! references (left by crashed writers, lost commit attempts, metadata files dropped from the
+//! log), found by listing the storage itself.
+//!
+//! Referenced, and never deleted: the current metadata file and every file of its metadata log;
+//! every snapshot's manifest list, every manifest those list, every file any manifest entry names
+//! (deleted entries too), statistics files. A writer's files are unreferenced until its commit
+//! lands, so only files older than the threshold (by modification time) are deleted; the threshold
+//! cannot be below [`MIN_AGE`].
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::expire::Reach;
+use super::{ManifestCache, MaintainError, local_path};
+use crate::commit::CommitEngine;
+
+/// The youngest an orphan may be: longer than any commit takes from writing its first file to
+/// its swap.
+pub const MIN_AGE: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone)]
+pub struct OrphanOptions {
+    pub older_than: Duration,
+    pub dry_run: bool,
+}
+
+/// What remove-orphans did or, with `dry_run`, would do.
+#[derive(Debug, Clone, Default)]
+pub struct OrphanReport {
+    pub table: String,
+    pub dry_run: bool,
+    /// Files listed under data/ and metadata/.
+    pub listed: usize,
+    /// Unreferenced files old enough to delete.
+    pub orphans: Vec<PathBuf>,
+    /// Unreferenced files younger than the threshold (left alone).
+    pub too_young: usize,
+    pub failed: usize,
+}
+
+impl fmt::Display for OrphanReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = if self.dry_run { "would delete" } else { "deleted" };
+        writeln!(
+            f,
+            "table {}: {} files listed; {verb} {} unreferenced files; {} unreferenced files are younger than the threshold",
+            self.table,
+            self.listed,
+            self.orphans.len() - self.failed,
+            self.too_young
+        )?;
+        if self.dry_run {
+            for p in &self.orphans {
+                writeln!(f, "  {}", p.display())?;
+            }
+        }
+        if self.failed > 0 {
+            writeln!(f, "{} files could not be deleted", self.failed)?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes unreferenced files older than the threshold under the engine's table.
+pub async fn remove_orphans(engine: &CommitEngine, opts: &OrphanOptions) -> Result<OrphanReport, MaintainError> {
+    let table = engine.load().await?;
+    let name = table.name.to_string();
+    if opts.older_than < MIN_AGE {
+        return Err(MaintainError::invalid(
+            &name,
+            format!(
+                "remove-orphans --older-than {} is too short: a running writer's files are unreferenced until its \
+                 commit lands; use at least {}",
+                humantime::format_duration(opts.older_than),
+                humantime::format_duration(MIN_AGE)
+            ),
+        ));
+    }
+    let m = &table.metadata;
+    let root = local_path(m.location()).ok_or_else(|| {
+        MaintainError::invalid(&name, format!("table location {} is not local storage; remove-orphans lists local (file://) storage only", m.location()))
+    })?;
+    // Listed first, references read after: a file committed in between is then referenced.
+    let cutoff = SystemTime::now() - opts.older_than;
+    let mut listed: Vec<(PathBuf, SystemTime)> = Vec::new();
+    for dir in ["data", "metadata"] {
+        let d = root.join(dir);
+        let out = tokio::task::spawn_blocking(move || walk(&d))
+            .await
+            .map_err(|e| MaintainError::io(&name, "listing", m.location(), e))?
+            .map_err(|e| MaintainError::io(&name, "listing", m.location(), e))?;
+        listed.extend(out);
+    }
+    let table = engine.load().await?;
+    let m = &table.metadata;
+    let io = engine.catalog().file_io();
+    let mut referenced: HashSet<PathBuf> = HashSet::new();
+    let mut add = |loc: &str| {
+        if let Some(p) = local_path(loc) {
+            referenced.insert(p);
+        }
+    };
+    add(&table.metadata_location);
+    for entry in m.metadata_log() {
+        add(&entry.metadata_file);
+    }
+    for s in m.statistics_iter() {
+        add(&s.statistics_path);
+    }
+    for s in m.partition_statistics_iter() {
+        add(&s.statistics_path);
+    }
+    let snapshots: Vec<_> = m.snapshots().cloned().collect();
+    let mut cache = ManifestCache::default();
+    let reach = Reach::of(&mut cache, io, m, &name, &snapshots, true).await?;
+    for p in reach.lists.iter().chain(&reach.manifests).chain(&reach.files) {
+        add(p);
+    }
+    let mut report = OrphanReport { table: name.clone(), dry_run: opts.dry_run, listed: listed.len(), ..Default::default() };
+    for (path, mtime) in listed {
+        if referenced.contains(&path) || path.file_name().is_some_and(|n| n == "version-hint.text") {
+            continue;
+        }
+        if mtime > cutoff {
+            report.too_young += 1;
+            continue;
+        }
+        report.orphans.push(path);
+    }
+    report.orphans.sort();
+    if !opts.dry_run {
+        for p in &report.orphans {
+            if let Err(e) = tokio::fs::remove_file(p).await {
+                tracing::warn!(file = %p.display(), error = %e, "could not delete an orphan file");
+                report.failed += 1;
+            }
+        }
+        tracing::info!(table = %name, deleted = report.orphans.len() - report.failed, "orphan files removed");
+    }
+    Ok(report)
+}
+
+/// Every regular file under `dir` with its modification time (none if `dir` does not exist).
+fn walk(dir: &Path) -> std::io::Result<Vec<(PathBuf, SystemTime)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let ty = entry.file_type()?;
+            if ty.is_dir() {
+                stack.push(entry.path());
+            } else if ty.is_file() {
+                out.push((entry.path(), entry.metadata()?.modified()?));
+            }
+        }
+    }
+    Ok(out)
+}

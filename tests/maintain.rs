@@ -1,0 +1,463 @@
+//! Table maintenance against a SQLite catalog in a temporary directory: commits are made with the
+//! library directly (data files plus a pipeline ledger, as the loader makes them), then compacted,
+//! expired, trimmed by retention and swept for orphans. Rows are read back with the iceberg
+//! crate's own scan, independent of floe's maintenance code.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arrow_array::{Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_schema::DataType;
+use futures::TryStreamExt;
+use floe::catalog::Catalog;
+use floe::commit::{Append, AppendOutcome, CommitEngine};
+use floe::config::{CatalogUri, TableName};
+use floe::ledger::{Ledger, OffsetRange, TopicPartition};
+use floe::maintain::compact::{CompactOptions, compact};
+use floe::maintain::expire::{ExpireOptions, expire_snapshots};
+use floe::maintain::orphans::{OrphanOptions, remove_orphans};
+use floe::maintain::retention::{RetentionOptions, retention};
+use floe::maintain::{LiveFiles, ManifestCache};
+
+const PIPELINE: &str = "test-pipeline";
+const DAY_US: i64 = 86_400_000_000;
+const HOUR_US: i64 = 3_600_000_000;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    engine: CommitEngine,
+    /// Next Kafka offset of the fake source partition.
+    offset: std::sync::atomic::AtomicI64,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::connect(
+        CatalogUri::Sqlite(dir.path().join("catalog.db")),
+        "floe",
+        &format!("file://{}/warehouse", dir.path().display()),
+    )
+    .await
+    .unwrap();
+    floe::table::create_from_sql(
+        &catalog,
+        "CREATE TABLE events (id BIGINT, ts TIMESTAMP(6) WITH TIME ZONE, payload VARCHAR) \
+         WITH (partitioning = ARRAY['day(ts)'])",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let engine = CommitEngine::new(catalog, TableName::parse("default.events").unwrap());
+    Fixture { dir, engine, offset: 0.into() }
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+fn batch(m: &iceberg::spec::TableMetadata, rows: &[(i64, Option<i64>)]) -> RecordBatch {
+    let schema = floe::write::arrow_schema(m).unwrap();
+    let tz = match schema.field_with_name("ts").unwrap().data_type() {
+        DataType::Timestamp(_, tz) => tz.clone(),
+        other => panic!("ts is {other}"),
+    };
+    let ids = Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>());
+    let ts = TimestampMicrosecondArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>()).with_timezone_opt(tz);
+    let payload = StringArray::from(rows.iter().map(|r| format!("row {} {}", r.0, "x".repeat(40))).collect::<Vec<_>>());
+    RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(ts), Arc::new(payload)]).unwrap()
+}
+
+/// One loader-like commit: data files and the ledger advanced by `rows.len()` offsets.
+async fn append(fx: &Fixture, rows: &[(i64, Option<i64>)]) {
+    let t = fx.engine.load().await.unwrap();
+    let files = floe::write::write_data_files(fx.engine.catalog().file_io(), &t.metadata, t.metadata.current_schema(), vec![batch(&t.metadata, rows)], 128 << 20)
+        .await
+        .unwrap();
+    let tp = TopicPartition::new("events", 0);
+    let first = fx.offset.load(std::sync::atomic::Ordering::SeqCst);
+    let end = first + rows.len() as i64;
+    let range = OffsetRange { tp, expected: (first > 0).then_some(first), first, end };
+    let mut op = Append::new(PIPELINE, vec![range], files, t.metadata.default_partition_spec_id());
+    match fx.engine.commit(&mut op).await.unwrap() {
+        AppendOutcome::Committed { .. } => fx.offset.store(end, std::sync::atomic::Ordering::SeqCst),
+        AppendOutcome::Fenced { violations, .. } => panic!("fenced: {violations:?}"),
+    }
+}
+
+/// Every row (id, ts) as the iceberg crate's own scan reads it, sorted.
+async fn scan(fx: &Fixture) -> Vec<(i64, Option<i64>)> {
+    let t = fx.engine.load().await.unwrap();
+    let table = iceberg::table::Table::builder()
+        .file_io(fx.engine.catalog().file_io().clone())
+        .metadata_location(t.metadata_location.clone())
+        .metadata(t.metadata.clone())
+        .identifier(iceberg::TableIdent::from_strs(["default", "events"]).unwrap())
+        .readonly(true)
+        .runtime(iceberg::Runtime::try_current().unwrap())
+        .build()
+        .unwrap();
+    let batches: Vec<RecordBatch> = table.scan().select_all().build().unwrap().to_arrow().await.unwrap().try_collect().await.unwrap();
+    let mut out = Vec::new();
+    for b in batches {
+        let ids = b.column_by_name("id").unwrap().as_any().downcast_ref::<Int64Array>().unwrap().clone();
+        let ts = b.column_by_name("ts").unwrap().as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap().clone();
+        for i in 0..b.num_rows() {
+            out.push((ids.value(i), (!ts.is_null(i)).then(|| ts.value(i))));
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn live(fx: &Fixture) -> LiveFiles {
+    let t = fx.engine.load().await.unwrap();
+    LiveFiles::read(&mut ManifestCache::default(), fx.engine.catalog().file_io(), &t).await.unwrap()
+}
+
+fn table_dir(fx: &Fixture) -> PathBuf {
+    fx.dir.path().join("warehouse/default/events")
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() { stack.push(p) } else { out.push(p) }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn local(loc: &str) -> PathBuf {
+    floe::maintain::local_path(loc).unwrap()
+}
+
+fn summary(t: &floe::catalog::LoadedTable) -> HashMap<String, String> {
+    t.metadata.current_snapshot().unwrap().summary().additional_properties.clone()
+}
+
+/// (snapshot id, data sequence number, file sequence number) of an entry.
+type Numbers = (Option<i64>, Option<i64>, Option<i64>);
+
+/// The numbers of every live entry, by path.
+fn entry_numbers(l: &LiveFiles) -> BTreeMap<String, Numbers> {
+    l.data
+        .iter()
+        .map(|(p, f)| (p.clone(), (f.entry.snapshot_id(), f.entry.sequence_number(), f.entry.file_sequence_number)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_after_300_commits_packs_partitions_and_keeps_every_row() {
+    let fx = fixture().await;
+    let base = now_us() - now_us() % DAY_US;
+    // 300 one-second commits of 20 rows over 3 days.
+    for c in 0..300i64 {
+        let rows: Vec<_> = (0..20).map(|i| {
+            let id = c * 20 + i;
+            (id, Some(base - (id % 3) * DAY_US + (id % 1000) * 1_000_000))
+        }).collect();
+        append(&fx, &rows).await;
+    }
+    let before_rows = scan(&fx).await;
+    assert_eq!(before_rows.len(), 6000);
+    let before = live(&fx).await;
+    let before_numbers = entry_numbers(&before);
+    assert_eq!(before.data.len(), 900, "one file per partition per commit");
+    assert_eq!(before.manifests.len(), 300);
+    let mut bytes_per_partition: BTreeMap<String, u64> = BTreeMap::new();
+    for f in before.data.values() {
+        *bytes_per_partition.entry(f.partition_key()).or_default() += f.entry.file_size_in_bytes();
+    }
+    let ledger_before = fx.engine.load().await.unwrap().metadata.properties()[&floe::ledger::property_key(PIPELINE)].clone();
+
+    // Dry run: nothing changes.
+    let target = 64 << 10;
+    let t0 = fx.engine.load().await.unwrap();
+    let dry = compact(&fx.engine, &CompactOptions { target_file_size: target, since: None, dry_run: true }).await.unwrap();
+    assert!(dry.to_string().contains("would rewrite 900 small files"), "{dry}");
+    assert_eq!(fx.engine.load().await.unwrap().metadata_location, t0.metadata_location);
+
+    let report = compact(&fx.engine, &CompactOptions { target_file_size: target, since: Some(Duration::from_secs(2 * 86_400)), dry_run: false })
+        .await
+        .unwrap();
+    let outcome = report.outcome.clone().expect("committed");
+    assert!(outcome.snapshot_id.is_some(), "{report}");
+    assert_eq!(outcome.files_removed, 900, "{report}");
+
+    let after = live(&fx).await;
+    let mut files_per_partition: BTreeMap<String, u64> = BTreeMap::new();
+    for f in after.data.values() {
+        *files_per_partition.entry(f.partition_key()).or_default() += 1;
+    }
+    for (p, bytes) in &bytes_per_partition {
+        let bound = bytes.div_ceil(target) + 1;
+        let n = files_per_partition[p];
+        assert!(n <= bound, "partition {p}: {n} files after compaction, expected at most {bound} ({bytes} bytes, target {target})");
+    }
+    assert!(after.manifests.len() <= 2, "manifests merged: {}", after.manifests.len());
+    assert_eq!(scan(&fx).await, before_rows, "the same rows before and after");
+
+    // The replace snapshot's summary and the ledger.
+    let t = fx.engine.load().await.unwrap();
+    let s = t.metadata.current_snapshot().unwrap();
+    assert_eq!(s.summary().operation.as_str(), "replace");
+    let sum = summary(&t);
+    assert_eq!(sum["deleted-data-files"], "900");
+    assert_eq!(sum["added-data-files"], outcome.files_added.to_string());
+    assert_eq!(sum["total-data-files"], after.data.len().to_string());
+    assert_eq!(sum["total-records"], "6000");
+    assert_eq!(sum["deleted-records"], "6000");
+    assert_eq!(sum["added-records"], "6000");
+    assert_eq!(t.metadata.properties()[&floe::ledger::property_key(PIPELINE)], ledger_before);
+
+    // Appends after compaction, then a manifest-only merge: existing entries keep their numbers.
+    for c in 0..5i64 {
+        append(&fx, &[(10_000 + c, Some(base + c))]).await;
+    }
+    let numbers = entry_numbers(&live(&fx).await);
+    let r = compact(&fx.engine, &CompactOptions { target_file_size: 128 << 20, since: None, dry_run: false }).await.unwrap();
+    assert!(r.outcome.as_ref().and_then(|o| o.snapshot_id).is_some(), "{r}");
+    let merged = live(&fx).await;
+    // The 5 one-row files were compacted into one; every other entry is exactly as it was.
+    for (p, n) in entry_numbers(&merged) {
+        if let Some(old) = numbers.get(&p) {
+            assert_eq!(&n, old, "{p} changed its numbers");
+        }
+    }
+    assert!(before_numbers.keys().all(|p| !merged.data.contains_key(p)), "no compacted file came back");
+    assert_eq!(scan(&fx).await.len(), 6005);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_during_concurrent_appends_loses_and_duplicates_nothing() {
+    let fx = Arc::new(fixture().await);
+    let base = now_us() - now_us() % DAY_US;
+    for c in 0..40i64 {
+        let rows: Vec<_> = (0..10).map(|i| (c * 10 + i, Some(base - ((c * 10 + i) % 2) * DAY_US))).collect();
+        append(&fx, &rows).await;
+    }
+    let writer = {
+        let fx = fx.clone();
+        tokio::spawn(async move {
+            for c in 40..160i64 {
+                let rows: Vec<_> = (0..10).map(|i| (c * 10 + i, Some(base - ((c * 10 + i) % 2) * DAY_US))).collect();
+                append(&fx, &rows).await;
+            }
+        })
+    };
+    let mut compactions = 0;
+    let mut dropped = 0;
+    while !writer.is_finished() {
+        let r = compact(&fx.engine, &CompactOptions { target_file_size: 1 << 20, since: None, dry_run: false }).await.unwrap();
+        if let Some(o) = &r.outcome {
+            if o.snapshot_id.is_some() {
+                compactions += 1;
+            }
+            dropped += o.groups_dropped;
+        }
+    }
+    writer.await.unwrap();
+    compact(&fx.engine, &CompactOptions { target_file_size: 1 << 20, since: None, dry_run: false }).await.unwrap();
+    assert!(compactions >= 2, "compaction committed {compactions} times while appends landed");
+    let ids: Vec<i64> = scan(&fx).await.into_iter().map(|r| r.0).collect();
+    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+    for id in &ids {
+        *counts.entry(*id).or_default() += 1;
+    }
+    let missing: Vec<i64> = (0..1600).filter(|i| !counts.contains_key(i)).collect();
+    let duplicated: Vec<i64> = counts.iter().filter(|(_, n)| **n > 1).map(|(i, _)| *i).collect();
+    assert!(missing.is_empty(), "lost ids: {missing:?}");
+    assert!(duplicated.is_empty(), "duplicated ids: {duplicated:?}");
+    assert_eq!(ids.len(), 1600);
+    let t = fx.engine.load().await.unwrap();
+    let ledger = Ledger::from_properties(t.metadata.properties(), PIPELINE).unwrap();
+    assert_eq!(ledger.get(&TopicPartition::new("events", 0)), Some(1600), "every append landed (groups dropped: {dropped})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_leaves_no_unreachable_file_and_keeps_the_ledger() {
+    let fx = fixture().await;
+    let base = now_us() - now_us() % DAY_US;
+    for c in 0..30i64 {
+        append(&fx, &[(c, Some(base - (c % 2) * DAY_US))]).await;
+    }
+    compact(&fx.engine, &CompactOptions { target_file_size: 1 << 20, since: None, dry_run: false }).await.unwrap();
+    for c in 30..35i64 {
+        append(&fx, &[(c, Some(base))]).await;
+    }
+    let rows = scan(&fx).await;
+    let before = fx.engine.load().await.unwrap();
+    let ledger = before.metadata.properties()[&floe::ledger::property_key(PIPELINE)].clone();
+
+    let dry = expire_snapshots(&fx.engine, &ExpireOptions { older_than: Duration::ZERO, retain_last: 2, dry_run: true }).await.unwrap();
+    assert_eq!(dry.expired.len(), before.metadata.snapshots().len() - 2, "{dry}");
+    assert_eq!(fx.engine.load().await.unwrap().metadata_location, before.metadata_location);
+
+    let r = expire_snapshots(&fx.engine, &ExpireOptions { older_than: Duration::ZERO, retain_last: 2, dry_run: false }).await.unwrap();
+    assert!(!r.data_files.is_empty() && !r.manifests.is_empty(), "{r}");
+    let t = fx.engine.load().await.unwrap();
+    assert_eq!(t.metadata.snapshots().len(), 2);
+    assert_eq!(t.metadata.properties()[&floe::ledger::property_key(PIPELINE)], ledger, "the ledger survives expiry");
+    assert_eq!(scan(&fx).await, rows);
+
+    // Every data file, manifest and manifest list on disk is reachable from a kept snapshot.
+    let mut reachable: HashSet<PathBuf> = HashSet::new();
+    let io = fx.engine.catalog().file_io();
+    for s in t.metadata.snapshots() {
+        reachable.insert(local(s.manifest_list()));
+        let list = iceberg::spec::ManifestList::parse_with_version(
+            &io.new_input(s.manifest_list()).unwrap().read().await.unwrap(),
+            t.metadata.format_version(),
+        )
+        .unwrap();
+        for mf in list.entries() {
+            reachable.insert(local(&mf.manifest_path));
+            for e in mf.load_manifest(io).await.unwrap().entries() {
+                if e.is_alive() {
+                    reachable.insert(local(e.file_path()));
+                }
+            }
+        }
+    }
+    let unreachable: Vec<PathBuf> = files_under(&table_dir(&fx))
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().ends_with(".metadata.json") && !reachable.contains(p))
+        .collect();
+    assert!(unreachable.is_empty(), "unreachable files left: {unreachable:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_exactly_the_rows_older_than_the_cutoff() {
+    let fx = fixture().await;
+    let t0 = now_us();
+    // Rows every hour for 5 days back, plus rows without a timestamp.
+    let mut id = 0;
+    for chunk in 0..12i64 {
+        let mut rows = Vec::new();
+        for h in (chunk * 10)..(chunk * 10 + 10) {
+            rows.push((id, Some(t0 - h * HOUR_US)));
+            id += 1;
+        }
+        rows.push((id, None));
+        id += 1;
+        append(&fx, &rows).await;
+    }
+    let per_day = |rows: &[(i64, Option<i64>)]| {
+        let mut m: BTreeMap<Option<i64>, usize> = BTreeMap::new();
+        for r in rows {
+            *m.entry(r.1.map(|t| t.div_euclid(DAY_US))).or_default() += 1;
+        }
+        m
+    };
+    let before = scan(&fx).await;
+    // Keep 60.5 hours: rows 61 or more hours old go.
+    let keep = Duration::from_secs(60 * 3600 + 1800);
+    let expected: Vec<_> = before.iter().filter(|r| r.1.is_none_or(|t| t >= t0 - 60 * HOUR_US - HOUR_US / 2)).cloned().collect();
+    assert_eq!(before.len() - expected.len(), 120 - 61);
+    let opts = RetentionOptions { column: "ts".into(), keep, target_file_size: 128 << 20, dry_run: true };
+    let dry = retention(&fx.engine, &opts).await.unwrap();
+    assert_eq!(dry.rows_removed(), 59, "{dry}");
+    assert_eq!(scan(&fx).await, before, "a dry run changes nothing");
+
+    let r = retention(&fx.engine, &RetentionOptions { dry_run: false, ..opts.clone() }).await.unwrap();
+    assert!(!r.dropped.is_empty() && !r.rewritten.is_empty(), "some files dropped by metadata, some rewritten: {r}");
+    let after = scan(&fx).await;
+    assert_eq!(after, expected);
+    let (b, a) = (per_day(&before), per_day(&after));
+    for (day, n) in &b {
+        let kept = a.get(day).copied().unwrap_or(0);
+        let want = expected.iter().filter(|r| r.1.map(|t| t.div_euclid(DAY_US)) == *day).count();
+        assert_eq!(kept, want, "day {day:?}: {n} rows before");
+    }
+    let t = fx.engine.load().await.unwrap();
+    assert_eq!(t.metadata.current_snapshot().unwrap().summary().operation.as_str(), "overwrite");
+    assert_eq!(summary(&t)["total-records"], after.len().to_string());
+    assert!(t.metadata.properties().contains_key(&floe::ledger::property_key(PIPELINE)));
+
+    // Hours later, only whole files are old: a `delete` snapshot.
+    let later = RetentionOptions { keep: Duration::from_secs(20 * 3600), ..opts.clone() };
+    let r = retention(&fx.engine, &RetentionOptions { dry_run: false, ..later }).await.unwrap();
+    let t = fx.engine.load().await.unwrap();
+    let op = t.metadata.current_snapshot().unwrap().summary().operation.as_str().to_owned();
+    assert!(op == "delete" || op == "overwrite", "{op}");
+    if r.rewritten.is_empty() {
+        assert_eq!(op, "delete");
+    }
+    let after = scan(&fx).await;
+    assert!(after.iter().all(|r| r.1.is_none_or(|t| t >= t0 - 20 * HOUR_US - HOUR_US)));
+    assert_eq!(after.iter().filter(|r| r.1.is_none()).count(), 12, "rows without a timestamp stay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_orphans_deletes_only_old_unreferenced_files() {
+    let fx = fixture().await;
+    let base = now_us() - now_us() % DAY_US;
+    for c in 0..5i64 {
+        append(&fx, &[(c, Some(base))]).await;
+    }
+    let dir = table_dir(&fx);
+    let old = SystemTime::now() - Duration::from_secs(5 * 86_400);
+    // Everything real is old too: age alone must not get a file deleted.
+    for p in files_under(&dir) {
+        std::fs::File::options().write(true).open(&p).unwrap().set_modified(old).unwrap();
+    }
+    let day_dir = files_under(&dir.join("data"))[0].parent().unwrap().to_owned();
+    let orphan_old = [day_dir.join("crashed-writer.parquet"), dir.join("metadata/lost-attempt-m0.avro")];
+    let orphan_young = day_dir.join("in-flight.parquet");
+    for p in orphan_old.iter().chain([&orphan_young]) {
+        std::fs::write(p, b"not referenced").unwrap();
+    }
+    for p in &orphan_old {
+        std::fs::File::options().write(true).open(p).unwrap().set_modified(old).unwrap();
+    }
+    let rows = scan(&fx).await;
+    let files_before = files_under(&dir).len();
+
+    let short = remove_orphans(&fx.engine, &OrphanOptions { older_than: Duration::from_secs(60), dry_run: false }).await;
+    assert!(short.unwrap_err().to_string().contains("too short"));
+
+    let dry = remove_orphans(&fx.engine, &OrphanOptions { older_than: Duration::from_secs(3 * 86_400), dry_run: true }).await.unwrap();
+    assert_eq!(dry.orphans, { let mut v = orphan_old.to_vec(); v.sort(); v }, "{dry}");
+    assert_eq!(files_under(&dir).len(), files_before);
+
+    let r = remove_orphans(&fx.engine, &OrphanOptions { older_than: Duration::from_secs(3 * 86_400), dry_run: false }).await.unwrap();
+    assert_eq!(r.orphans.len(), 2, "{r}");
+    assert_eq!(r.too_young, 1);
+    assert!(orphan_old.iter().all(|p| !p.exists()));
+    assert!(orphan_young.exists());
+    assert_eq!(files_under(&dir).len(), files_before - 2);
+    assert_eq!(scan(&fx).await, rows, "the table reads as before");
+}
+
+#[test]
+fn maintain_commands_from_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::write_config(dir.path(), &format!("data_dir = {:?}\n[table]\nname = \"default.events\"\n", dir.path()));
+    let cfg = cfg.to_str().unwrap();
+    common::floe_ok(&[
+        "--config",
+        cfg,
+        "table",
+        "create",
+        "CREATE TABLE events (id BIGINT, ts TIMESTAMP(6) WITH TIME ZONE) WITH (partitioning = ARRAY['day(ts)'])",
+    ]);
+    let out = common::floe_ok(&["--config", cfg, "maintain", "compact", "--dry-run", "--target-file-size", "1MiB"]);
+    assert!(out.contains("would rewrite 0 small files"), "{out}");
+    let out = common::floe_ok(&["--config", cfg, "maintain", "expire-snapshots", "--older-than", "7d", "--retain-last", "3"]);
+    assert!(out.contains("expired 0 of 0 snapshots"), "{out}");
+    let out = common::floe_ok(&["--config", cfg, "maintain", "retention", "--column", "ts", "--keep", "30d", "--dry-run"]);
+    assert!(out.contains("would remove 0 rows"), "{out}");
+    let out = common::floe_ok(&["--config", cfg, "maintain", "remove-orphans", "--older-than", "3d", "--dry-run"]);
+    assert!(out.contains("would delete 0 unreferenced files"), "{out}");
+    let bad = common::floe(&["--config", cfg, "maintain", "retention", "--column", "id", "--keep", "30d"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("must be a timestamp"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
