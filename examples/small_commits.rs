@@ -66,12 +66,12 @@ async fn main() {
             ],
         )
         .unwrap();
-        let files = floe::write::write_data_files(engine.catalog().file_io(), &t.metadata, vec![batch], 128 << 20)
+        let files = floe::write::write_data_files(engine.catalog().file_io(), &t.metadata, t.metadata.current_schema(), vec![batch], 128 << 20)
             .await
             .expect("write");
         let first = c * rows;
         let range = OffsetRange { tp: tp.clone(), expected: (c > 0).then_some(first), first, end: first + rows };
-        match engine.commit(&mut Append::new("bench", vec![range], files)).await.expect("commit") {
+        match engine.commit(&mut Append::new("bench", vec![range], files, t.metadata.default_partition_spec_id())).await.expect("commit") {
             AppendOutcome::Committed { .. } => {}
             AppendOutcome::Fenced { violations, .. } => panic!("fenced: {violations:?}"),
         }

@@ -37,6 +37,9 @@ run_rust=false run_py=false
 # shellcheck source=scripts/setup.sh
 source "$REPO/scripts/setup.sh"
 setup_machine --python
+# Trino for tests/py/test_trino.py (the suite starts it): ~800 MB from Maven Central on the first
+# run, cached after that.
+if $run_py; then scripts/trino.sh fetch; fi
 
 # --- services: started now, in the background, so they boot while cargo builds ------------------
 WORK="$(mktemp -d -t floe-test.XXXXXX)"

@@ -74,7 +74,8 @@ mvn_get() { # G:A:V:TYPE[:CLASSIFIER] -> path in the local repository
     need mvn "install Maven (apt-get install -y maven)"
     log "downloading $coords from Maven Central (first run only)..."
     local t0=$SECONDS
-    if ! mvn -B -q dependency:get -Dartifact="$coords" -Dtransitive=false >"$CACHE/mvn.log" 2>&1; then
+    if ! mvn -B -q -Dmaven.repo.local="$M2_REPO" dependency:get -Dartifact="$coords" -Dtransitive=false \
+        >"$CACHE/mvn.log" 2>&1; then
       tail -n 20 "$CACHE/mvn.log" >&2
       die "mvn could not download $coords (log: $CACHE/mvn.log)"
     fi
@@ -165,9 +166,9 @@ props += [
     ("local.location", "/"),
     ("iceberg.file-format", "PARQUET"),
     ("iceberg.compression-codec", "ZSTD"),
-    # Lets expire_snapshots / remove_orphan_files take any retention (the tests use 0s).
+    # Lets expire_snapshots take any retention (the tests use 0s). remove_orphan_files keeps its
+    # 7-day floor: files floe has written but not yet committed look like orphans.
     ("iceberg.expire-snapshots.min-retention", "0s"),
-    ("iceberg.remove-orphan-files.min-retention", "0s"),
 ]
 for k, v in props:
     print(f"{k}={v}")
@@ -226,6 +227,7 @@ start() {
   dir="$(cd "$dir" && pwd)"
   if [[ -f "$dir/trino.pid" ]] && is_our_server "$(cat "$dir/trino.pid")" && [[ -f "$dir/uri" ]]; then
     log "server already running in $dir (pid $(cat "$dir/trino.pid"))"
+    ((${#catalogs[@]} == 0)) || log "--catalog ignored: stop the server first, or use CREATE CATALOG"
     cat "$dir/uri"
     return 0
   fi
@@ -262,7 +264,7 @@ memory.heap-headroom-per-node=512MB
 task.concurrency=2
 task.max-worker-threads=4
 catalog.management=dynamic
-catalog.store=memory
+catalog.store=file
 http-server.log.enabled=false
 EOF
   cat >"$etc/jvm.config" <<EOF
@@ -282,6 +284,7 @@ EOF
 -Djdk.nio.maxCachedBufferSize=2000000
 -Dfile.encoding=UTF-8
 -XX:ActiveProcessorCount=2
+--enable-native-access=ALL-UNNAMED
 EOF
   cat >"$etc/log.properties" <<'EOF'
 io.trino=INFO
@@ -362,7 +365,8 @@ cli() {
   fetch
   local java_home
   java_home="$(find_java_home)"
-  exec "$java_home/bin/java" -Xmx256m -jar "$CLI_JAR" --server "$(cat "$dir/uri")" --user floe \
+  exec "$java_home/bin/java" -Xmx256m --enable-native-access=ALL-UNNAMED -Dorg.jline.terminal.dumb=true \
+    -jar "$CLI_JAR" --server "$(cat "$dir/uri")" --user floe \
     --output-format "${FLOE_TRINO_CLI_FORMAT:-ALIGNED}" --execute "$*"
 }
 

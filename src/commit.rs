@@ -173,6 +173,8 @@ pub struct Append {
     pub pipeline: String,
     pub ranges: Vec<OffsetRange>,
     pub files: Vec<DataFile>,
+    /// The partition spec the files were written with.
+    pub spec_id: i32,
     /// Unique per batch: recognises this batch's own commit after an unknown swap outcome.
     pub commit_id: String,
     /// Other table properties written in the same commit (e.g. dead-letter topic positions).
@@ -182,11 +184,12 @@ pub struct Append {
 }
 
 impl Append {
-    pub fn new(pipeline: impl Into<String>, ranges: Vec<OffsetRange>, files: Vec<DataFile>) -> Self {
+    pub fn new(pipeline: impl Into<String>, ranges: Vec<OffsetRange>, files: Vec<DataFile>, spec_id: i32) -> Self {
         Append {
             pipeline: pipeline.into(),
             ranges,
             files,
+            spec_id,
             commit_id: uuid::Uuid::now_v7().to_string(),
             properties: HashMap::new(),
             new_ledger: None,
@@ -280,6 +283,7 @@ impl Operation for Append {
             file_io,
             SnapshotOperation::Append,
             self.files.clone(),
+            self.spec_id,
             extra,
             props,
         )
@@ -309,6 +313,7 @@ pub async fn build_snapshot(
     file_io: &FileIO,
     operation: SnapshotOperation,
     files: Vec<DataFile>,
+    spec_id: i32,
     summary_extra: HashMap<String, String>,
     properties: HashMap<String, String>,
 ) -> Result<(TableMetadata, Vec<String>), CommitError> {
@@ -339,14 +344,19 @@ pub async fn build_snapshot(
     let mut partitions = std::collections::HashSet::new();
     let added_files = files.len() as u64;
     let mut manifests: Vec<ManifestFile> = Vec::new();
+    for f in &files {
+        added_records += f.record_count();
+        added_size += f.file_size_in_bytes();
+        partitions.insert(format!("{:?}", f.partition()));
+    }
     if !files.is_empty() {
-        manifests.push(write_manifest(m, file_io, &meta_dir, attempt, snapshot_id, sequence_number, files, &mut attempt_files, &mut |f| {
-            added_records += f.record_count();
-            added_size += f.file_size_in_bytes();
-            partitions.insert(format!("{:?}", f.partition()));
-        })
-        .await
-        .map_err(io("manifest"))?);
+        let manifest_path = format!("{meta_dir}/{attempt}-m0.avro");
+        attempt_files.push(manifest_path.clone());
+        manifests.push(
+            write_manifest(m, file_io, &manifest_path, spec_id, snapshot_id, sequence_number, files)
+                .await
+                .map_err(io("manifest"))?,
+        );
     }
     // The manifest list: the new manifest, then the parent's manifests exactly as they are.
     if let Some(parent) = &parent {
@@ -445,33 +455,35 @@ pub async fn build_snapshot(
     Ok((metadata, attempt_files))
 }
 
-/// Writes one manifest of ADDED entries for `files`; `seen` sees each file before it is added.
-#[allow(clippy::too_many_arguments)]
+/// Writes one manifest of ADDED entries for `files` at `path`.
 async fn write_manifest(
     m: &TableMetadata,
     file_io: &FileIO,
-    meta_dir: &str,
-    attempt: uuid::Uuid,
+    path: &str,
+    spec_id: i32,
     snapshot_id: i64,
     sequence_number: i64,
     files: Vec<DataFile>,
-    attempt_files: &mut Vec<String>,
-    seen: &mut (dyn FnMut(&DataFile) + Send),
 ) -> Result<ManifestFile, iceberg::Error> {
-    let manifest_path = format!("{meta_dir}/{attempt}-m0.avro");
-    let output = file_io.new_output(&manifest_path)?;
+    // The spec the files were partitioned by, which may no longer be the default one if the
+    // partitioning changed while they were written (a manifest holds files of one spec).
+    let spec = m.partition_spec_by_id(spec_id).ok_or_else(|| {
+        iceberg::Error::new(
+            iceberg::ErrorKind::DataInvalid,
+            format!("partition spec {spec_id} of the written files is not in the table"),
+        )
+    })?;
+    let output = file_io.new_output(path)?;
     let mut writer = ManifestWriterBuilder::new(
         output,
         Some(snapshot_id),
         m.current_schema().clone(),
-        m.default_partition_spec().as_ref().clone(),
+        spec.as_ref().clone(),
     )
     .build_v2_data();
     for f in files {
-        seen(&f);
         writer.add_file(f, sequence_number)?;
     }
-    attempt_files.push(manifest_path);
     writer.write_manifest_file().await
 }
 
@@ -494,7 +506,11 @@ impl Operation for Skip {
         })?;
         match ledger.get(&self.tp) {
             Some(at) if at == self.offset => Ok(Check::Proceed),
-            None => Ok(Check::Proceed),
+            None => Ok(Check::Stop(Err(format!(
+                "pipeline {:?} has no ledger entry for {}: floe skip only skips the record a stopped \
+                 pipeline is waiting at (a pipeline that stops on a bad record records where it stopped)",
+                self.pipeline, self.tp
+            )))),
             Some(at) => Ok(Check::Stop(Err(format!(
                 "pipeline {:?} is at offset {at} of {}, not at {}: floe skip only skips the record a \
                  stopped pipeline is waiting at",
@@ -513,7 +529,16 @@ impl Operation for Skip {
             ("floe.skip-reason".to_owned(), self.reason.clone()),
         ]);
         let (metadata, attempt_files) =
-            build_snapshot(base, file_io, SnapshotOperation::Append, Vec::new(), summary, props).await?;
+            build_snapshot(
+                base,
+                file_io,
+                SnapshotOperation::Append,
+                Vec::new(),
+                base.metadata.default_partition_spec_id(),
+                summary,
+                props,
+            )
+            .await?;
         Ok(Staged { metadata, attempt_files })
     }
 

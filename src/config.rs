@@ -59,7 +59,35 @@ pub struct Config {
     #[serde(default)]
     pub dead_letter: DeadLetterConfig,
     #[serde(default)]
+    pub schema: SchemaConfig,
+    #[serde(default)]
     pub maintenance: MaintenanceConfig,
+}
+
+/// How the loader treats the table's schema.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// Add top-level fields that records carry but the table lacks as nullable columns, with a
+    /// type inferred from the value. Off by default: the table is the definition of the data.
+    #[serde(default)]
+    pub auto_evolve: bool,
+    /// At most this many columns are added by auto_evolve over a run.
+    #[serde(default = "default_max_new_columns")]
+    pub max_new_columns: usize,
+}
+
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        SchemaConfig {
+            auto_evolve: false,
+            max_new_columns: default_max_new_columns(),
+        }
+    }
+}
+
+fn default_max_new_columns() -> usize {
+    20
 }
 
 /// Table maintenance inside `floe run`. A task runs only when its `*_every` is set (retention:

@@ -157,25 +157,23 @@ impl KafkaDeadLetters {
     /// the last commit) and returns the topic's end offsets afterwards, for the commit to record.
     pub async fn write(&self, letters: &[DeadLetter], since: &Positions) -> Result<Positions, DeadLetterError> {
         let present = self.already_written(since).await?;
-        let mut written = 0usize;
-        for letter in letters.iter().filter(|l| !present.contains(&l.coordinates())) {
+        let todo: Vec<&DeadLetter> = letters.iter().filter(|l| !present.contains(&l.coordinates())).collect();
+        // Enqueued all at once (idempotence keeps their order), then every acknowledgement awaited.
+        let sends = todo.iter().map(|letter| {
             let r = &letter.record;
-            let partition = r.partition.to_string();
-            let offset = r.offset.to_string();
-            let chain = letter.cause_chain();
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 8);
             for (k, v) in &r.headers {
                 headers = headers.insert(Header { key: k, value: v.as_deref() });
             }
             for (key, value) in [
-                (H_TOPIC, &*r.topic),
-                (H_PARTITION, partition.as_str()),
-                (H_OFFSET, offset.as_str()),
-                (H_CLASS, letter.error.kind().as_str()),
-                (H_MESSAGE, &letter.error.to_string()),
-                (H_STACKTRACE, chain.as_str()),
-                (H_COLUMN, letter.error.column()),
-                (H_PIPELINE, self.pipeline.as_str()),
+                (H_TOPIC, r.topic.to_string()),
+                (H_PARTITION, r.partition.to_string()),
+                (H_OFFSET, r.offset.to_string()),
+                (H_CLASS, letter.error.kind().as_str().to_owned()),
+                (H_MESSAGE, letter.error.to_string()),
+                (H_STACKTRACE, letter.cause_chain()),
+                (H_COLUMN, letter.error.column().to_owned()),
+                (H_PIPELINE, self.pipeline.clone()),
             ] {
                 headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
             }
@@ -189,12 +187,10 @@ impl KafkaDeadLetters {
             if let Some(ts) = r.timestamp {
                 record = record.timestamp(ts);
             }
-            self.producer
-                .send(record, Duration::from_secs(60))
-                .await
-                .map_err(|(e, _)| self.err(e))?;
-            written += 1;
-        }
+            self.producer.send(record, Duration::from_secs(60))
+        });
+        futures::future::try_join_all(sends).await.map_err(|(e, _)| self.err(e))?;
+        let written = todo.len();
         if written > 0 {
             tracing::info!(topic = %self.topic, written, skipped = letters.len() - written, "dead letters written");
         }
@@ -393,6 +389,7 @@ impl TableDeadLetters {
         let files = crate::write::write_data_files(
             self.engine.catalog().file_io(),
             &table.metadata,
+            table.metadata.current_schema(),
             vec![batch],
             self.target_file_size,
         )
@@ -402,7 +399,7 @@ impl TableDeadLetters {
             message: e.to_string(),
         })?;
         let paths: Vec<String> = files.iter().map(|f| f.file_path().to_owned()).collect();
-        let mut append = Append::new(self.pipeline.clone(), dl_ranges, files);
+        let mut append = Append::new(self.pipeline.clone(), dl_ranges, files, table.metadata.default_partition_spec_id());
         match self.engine.commit(&mut append).await {
             Ok(AppendOutcome::Committed { .. }) => {
                 tracing::info!(table = %self.engine.table(), rows = todo.len(), "dead letters committed");

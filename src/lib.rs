@@ -4,11 +4,13 @@
 //! says) -> `catalog`/`table` (where it lands). The binary in
 //! `main.rs` only parses the command line and calls in here.
 
+pub mod alter;
 pub mod catalog;
 pub mod commit;
 pub mod config;
 pub mod ddl;
 pub mod deadletter;
+pub mod evolve;
 pub mod decode;
 pub mod kafka;
 pub mod ledger;

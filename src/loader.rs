@@ -40,10 +40,15 @@ pub enum LoadError {
         "{error}\nThe pipeline stopped at this record: everything before it is committed, nothing \
          after it. Ways forward: configure a dead-letter destination (`[dead_letter] topic = ...` or \
          `table = ...`) so such records are set aside, fix the producer or the table schema, or skip \
-         this one record with `floe skip --topic <topic> --partition <p> --offset <o>` (recorded in \
-         the table's history) and restart."
+         this one record with `floe skip --topic {topic} --partition {partition} --offset {offset}` \
+         (recorded in the table's history) and restart."
     )]
-    BadRecord { error: RecordError },
+    BadRecord {
+        error: Box<RecordError>,
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
     #[error("the Kafka consumer thread stopped unexpectedly")]
     ConsumerGone,
     #[error(transparent)]
@@ -58,7 +63,7 @@ pub enum LoadError {
         failed_pct: f64,
         max_pct: f64,
         window: usize,
-        last: RecordError,
+        last: Box<RecordError>,
     },
 }
 
@@ -150,7 +155,13 @@ impl Loader {
             .map_err(|e| LoadError::Config(e.to_string()))?;
         let dl = &self.config.dead_letter;
         let dlq_topic = match &dl.topic {
-            Some(topic) => Some(KafkaDeadLetters::new(&self.config.kafka, topic, &self.pipeline)?),
+            Some(topic) => {
+                // Create it if missing; where floe may not create topics, it must exist already.
+                if let Err(e) = crate::kafka::ensure_topic(&self.config.kafka, topic, 1, 1).await {
+                    tracing::warn!(topic = %topic, error = %e, "could not create the dead-letter topic; it must exist");
+                }
+                Some(KafkaDeadLetters::new(&self.config.kafka, topic, &self.pipeline)?)
+            }
             None => None,
         };
         let dlq_table = match &dl.table {
@@ -180,6 +191,7 @@ impl Loader {
             max_buffered: self.config.commit.max_buffered_bytes as usize,
             target_file_size: self.config.commit.target_file_size,
             decoder,
+            decoder_schema: table.metadata.current_schema().clone(),
             partitions: BTreeMap::new(),
             commands,
             report: RunReport::default(),
@@ -190,6 +202,8 @@ impl Loader {
             dlq_table,
             valve,
             max_ratio: dl.max_ratio,
+            evolve_budget: if self.config.schema.auto_evolve { self.config.schema.max_new_columns } else { 0 },
+            evolve_limit_logged: false,
         };
         tracing::info!(pipeline = %state.pipeline, table = %state.engine.table(), topics = ?self.config.source.topics, "loader started");
         let result = state.main_loop(&mut events, shutdown).await;
@@ -224,6 +238,8 @@ struct State {
     max_buffered: usize,
     target_file_size: u64,
     decoder: Decoder,
+    /// The schema the decoder reads with (the table's, as of the last commit).
+    decoder_schema: iceberg::spec::SchemaRef,
     partitions: BTreeMap<TopicPartition, PartitionState>,
     commands: std::sync::mpsc::Sender<Command>,
     report: RunReport,
@@ -236,6 +252,9 @@ struct State {
     dlq_table: Option<TableDeadLetters>,
     valve: Option<RatioValve>,
     max_ratio: Option<f64>,
+    /// Columns auto_evolve may still add (0: off or used up).
+    evolve_budget: usize,
+    evolve_limit_logged: bool,
 }
 
 impl State {
@@ -260,7 +279,10 @@ impl State {
                     self.flush().await?;
                 }
                 () = tokio::time::sleep_until(deadline), if !pending => {
+                    // Idle: still notice schema changes, so the next records are read right.
                     self.last_commit = Instant::now();
+                    let table = retrying!("loading the table", self.engine.load());
+                    self.follow_schema(&table.metadata)?;
                 }
                 ev = events.recv() => {
                     let Some(ev) = ev else { return Err(LoadError::ConsumerGone) };
@@ -372,7 +394,28 @@ impl State {
             offset: r.offset,
         };
         let value = r.value.as_deref().unwrap_or(b"null");
-        let outcome = self.decoder.append(value, &origin);
+        let ignored_before = self.decoder.ignored_fields();
+        let mut outcome = self.decoder.append(value, &origin);
+        if outcome.is_ok() && self.evolve_budget > 0 && self.decoder.ignored_fields() > ignored_before {
+            let new = crate::evolve::new_columns(value, &self.decoder_schema);
+            if !new.is_empty() {
+                if new.len() <= self.evolve_budget {
+                    // Commit what came before under the old schema, add the columns, and read
+                    // this record again so its new values land too.
+                    self.decoder.pop_last();
+                    self.flush().await?;
+                    self.add_columns(new, &tp, r.offset).await?;
+                    outcome = self.decoder.append(value, &origin);
+                } else if !self.evolve_limit_logged {
+                    self.evolve_limit_logged = true;
+                    tracing::warn!(
+                        fields = ?new.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+                        "auto_evolve: schema.max_new_columns reached; further new fields are ignored"
+                    );
+                }
+            }
+        }
+        let max_pct = self.max_ratio.unwrap_or(1.0) * 100.0;
         if let Some(valve) = &mut self.valve
             && let Some(ratio) = valve.observe(outcome.is_err())
             && let Err(last) = &outcome
@@ -380,9 +423,9 @@ impl State {
             let window = valve.window();
             return Err(LoadError::TooManyDeadLetters {
                 failed_pct: ratio * 100.0,
-                max_pct: self.config_max_ratio() * 100.0,
+                max_pct,
                 window,
-                last: last.clone(),
+                last: Box::new(last.clone()),
             });
         }
         match outcome {
@@ -393,9 +436,19 @@ impl State {
                 self.dead_letters.push(DeadLetter { record: r.clone(), error });
             }
             Err(error) => {
-                // No dead-letter destination: commit everything before this record, then stop.
+                // No dead-letter destination: commit everything before this record, with the
+                // ledger standing exactly at it (so `floe skip` can check it is skipping this
+                // record), then stop.
+                let p = self.partitions.get_mut(&tp).expect("checked above");
+                p.first.get_or_insert(r.offset);
+                p.next = Some(r.offset);
                 self.flush().await?;
-                return Err(LoadError::BadRecord { error });
+                return Err(LoadError::BadRecord {
+                    error: Box::new(error),
+                    topic: r.topic.to_string(),
+                    partition: r.partition,
+                    offset: r.offset,
+                });
             }
         }
         let p = self.partitions.get_mut(&tp).expect("checked above");
@@ -404,9 +457,6 @@ impl State {
         Ok(())
     }
 
-    fn config_max_ratio(&self) -> f64 {
-        self.max_ratio.unwrap_or(1.0)
-    }
 
     /// Commits the buffered rows and the ledger in one snapshot. Retries transient failures with
     /// backoff (logged once per episode); on a fence, drops the batch and re-reads from the ledger.
@@ -435,13 +485,20 @@ impl State {
             let file_io = self.engine.catalog().file_io();
             retrying!(
                 "writing data files",
-                crate::write::write_data_files(file_io, &table.metadata, vec![batch.clone()], self.target_file_size)
+                crate::write::write_data_files(
+                    file_io,
+                    &table.metadata,
+                    &self.decoder_schema,
+                    vec![batch.clone()],
+                    self.target_file_size
+                )
             )
         } else {
             Vec::new()
         };
         let written: Vec<String> = files.iter().map(|f| f.file_path().to_owned()).collect();
-        let mut append = Append::new(self.pipeline.clone(), ranges.clone(), files);
+        let spec_id = table.metadata.default_partition_spec_id();
+        let mut append = Append::new(self.pipeline.clone(), ranges.clone(), files, spec_id);
         // Dead letters are written before the commit that moves the ledger past them.
         let letters = std::mem::take(&mut self.dead_letters);
         if !letters.is_empty() {
@@ -501,6 +558,52 @@ impl State {
                 let _ = self.commands.send(Command::Seek(seeks));
             }
         }
+        self.follow_schema(&table.metadata)?;
+        Ok(())
+    }
+
+    /// auto_evolve: adds the columns, each its own schema commit, then reads with the new schema.
+    async fn add_columns(
+        &mut self,
+        columns: Vec<crate::evolve::NewColumn>,
+        tp: &TopicPartition,
+        offset: i64,
+    ) -> Result<(), LoadError> {
+        for c in columns {
+            let mut alter = crate::alter::Alter::new(crate::ddl::AlterAction::AddColumn {
+                if_not_exists: true,
+                path: vec![c.name.clone()],
+                data_type: c.data_type.clone(),
+                not_null: false,
+                comment: Some(format!("added by floe auto_evolve (first seen at {tp} offset {offset})")),
+            });
+            match retrying!("adding a column", self.engine.commit(&mut alter)) {
+                Ok(message) => {
+                    self.evolve_budget = self.evolve_budget.saturating_sub(1);
+                    tracing::info!(column = %c.name, data_type = %c.data_type, partition = %tp, offset, "auto_evolve: {message}");
+                }
+                Err(refused) => tracing::warn!(column = %c.name, "auto_evolve: not added: {refused}"),
+            }
+        }
+        let table = retrying!("loading the table", self.engine.load());
+        self.follow_schema(&table.metadata)
+    }
+
+    /// Picks up a schema change made by anyone (DESIGN.md §5): rows read so far were committed
+    /// under the schema they were read with; from now on records are read with the new one.
+    fn follow_schema(&mut self, metadata: &iceberg::spec::TableMetadata) -> Result<(), LoadError> {
+        let current = metadata.current_schema();
+        if current.schema_id() == self.decoder_schema.schema_id() && current.as_ref() == self.decoder_schema.as_ref() {
+            return Ok(());
+        }
+        self.decoder = Decoder::new(current, DecodeOptions::default())
+            .map_err(|e| LoadError::Config(format!("the table's new schema cannot be read into: {e}")))?;
+        tracing::info!(
+            from = self.decoder_schema.schema_id(),
+            to = current.schema_id(),
+            "table schema changed; reading records with the new schema from now on"
+        );
+        self.decoder_schema = current.clone();
         Ok(())
     }
 }

@@ -71,6 +71,12 @@ enum TableCommand {
         #[arg(long, short = 'f', conflicts_with = "sql")]
         file: Option<PathBuf>,
     },
+    /// Change a table with a Trino ALTER TABLE statement (ADD/DROP/RENAME COLUMN, ALTER COLUMN ...
+    /// SET DATA TYPE / DROP NOT NULL, SET PROPERTIES partitioning = ...).
+    Alter {
+        /// The statement; `-` reads standard input.
+        sql: String,
+    },
     /// Show a table's schema with field ids, partition spec, snapshots and properties.
     Describe {
         /// `namespace.table`, or `table` in namespace `default`. Default: the configured table.
@@ -338,6 +344,24 @@ async fn table_command(config: &Config, cmd: TableCommand) -> Result<(), Failure
                 }
                 Err(e @ table::TableError::Ddl { .. }) => Err(Failure::usage(e)),
                 Err(e) => Err(Failure::runtime(e)),
+            }
+        }
+        TableCommand::Alter { sql } => {
+            let sql = if sql == "-" { read_stdin()? } else { sql };
+            let stmt = floe::ddl::parse_alter_table(&sql).map_err(|e| Failure::usage(e.render(&sql)))?;
+            let name = floe::config::TableName::from_parts(&stmt.name);
+            if stmt.if_exists && !catalog.table_exists(&name).await.map_err(Failure::runtime)? {
+                println!("table {name} does not exist; nothing to do (IF EXISTS)");
+                return Ok(());
+            }
+            let engine = floe::commit::CommitEngine::new(catalog, name.clone());
+            let mut alter = floe::alter::Alter::new(stmt.action);
+            match engine.commit(&mut alter).await.map_err(Failure::runtime)? {
+                Ok(message) => {
+                    println!("table {name}: {message}");
+                    Ok(())
+                }
+                Err(message) => Err(Failure::usage(format!("table {name}: {message}"))),
             }
         }
         TableCommand::Describe { name } => {

@@ -191,6 +191,13 @@ pub fn spawn(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
+    // Bigger fetches than librdkafka's 1 MiB per partition: a bulk loader is throughput-bound by
+    // fetch round trips otherwise (measured: ~120k rows/s at 0.6 cores with the defaults).
+    for (key, value) in [("max.partition.fetch.bytes", "16777216"), ("fetch.max.bytes", "67108864")] {
+        if config.get(key).is_none() {
+            config.set(key, value);
+        }
+    }
     let consumer: BaseConsumer<LoaderContext> = config.create_with_context(LoaderContext {
         events: events.clone(),
     })?;

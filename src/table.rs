@@ -100,12 +100,16 @@ fn build_metadata(stmt: &CreateTable, location: String) -> Result<TableMetadata,
 
 /// Assigns field ids depth-first in declaration order: top-level columns first get 1..=n, the way
 /// Trino numbers them, then nested fields.
-struct IdAssigner {
+pub(crate) struct IdAssigner {
     next: i32,
 }
 
 impl IdAssigner {
-    fn take(&mut self) -> i32 {
+    pub(crate) fn new(first: i32) -> Self {
+        IdAssigner { next: first }
+    }
+
+    pub(crate) fn take(&mut self) -> i32 {
         let id = self.next;
         self.next += 1;
         id
@@ -114,7 +118,7 @@ impl IdAssigner {
 
 /// The Iceberg schema for a column list.
 pub fn schema_from_columns(columns: &[ColumnDef]) -> Result<Schema, String> {
-    let mut ids = IdAssigner { next: 1 };
+    let mut ids = IdAssigner::new(1);
     let top_ids: Vec<i32> = columns.iter().map(|_| ids.take()).collect();
     let fields: Vec<NestedFieldRef> = columns
         .iter()
@@ -136,7 +140,7 @@ pub fn schema_from_columns(columns: &[ColumnDef]) -> Result<Schema, String> {
 
 /// Maps a Trino type to Iceberg the way Trino's Iceberg connector does. Nested fields are
 /// optional (Trino cannot declare them NOT NULL); map keys are required (Iceberg demands it).
-fn iceberg_type(ty: &DataType, ids: &mut IdAssigner) -> Type {
+pub(crate) fn iceberg_type(ty: &DataType, ids: &mut IdAssigner) -> Type {
     match ty {
         DataType::Boolean => Type::Primitive(PrimitiveType::Boolean),
         DataType::Integer => Type::Primitive(PrimitiveType::Int),
@@ -182,7 +186,7 @@ fn iceberg_type(ty: &DataType, ids: &mut IdAssigner) -> Type {
 }
 
 /// The partition spec; field names follow Trino's (`ts_day`, `id_bucket`, `s_trunc`, `col`).
-fn partition_spec(schema: &Schema, fields: &[PartitionField]) -> Result<UnboundPartitionSpec, String> {
+pub(crate) fn partition_spec(schema: &Schema, fields: &[PartitionField]) -> Result<UnboundPartitionSpec, String> {
     let mut builder = UnboundPartitionSpec::builder().with_spec_id(0);
     for f in fields {
         let source = schema

@@ -3,7 +3,6 @@
 //! file names that can never collide (the crate's default name counter restarts per instance).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use iceberg::arrow::RecordBatchPartitionSplitter;
@@ -35,6 +34,8 @@ pub enum WriteError {
     },
     #[error("writing data files under {location}: {message}")]
     Io { location: String, message: String },
+    #[error("writing data files under {location}: the rows do not fit the table: {message}")]
+    Invalid { location: String, message: String },
 }
 
 impl WriteError {
@@ -79,23 +80,32 @@ pub fn writer_properties(metadata: &TableMetadata) -> Result<WriterProperties, W
     Ok(WriterProperties::builder().set_compression(compression).build())
 }
 
-/// Writes batches (all with the arrow form of the table's current schema) as Parquet data files,
-/// one or more per table partition, rolling over near `target_file_size`.
+/// Writes batches as Parquet data files, one or more per table partition, rolling over near
+/// `target_file_size`. `schema` is the schema the rows were read with: after a schema change it may
+/// be older than the table's current one, which Iceberg allows (readers project by field id).
 ///
 /// Files are named `<uuid v7>-<n>.parquet`: the uuid is new on every call, so names never collide
 /// across processes, restarts or retries.
 pub async fn write_data_files(
     file_io: &FileIO,
     metadata: &TableMetadata,
+    schema: &iceberg::spec::SchemaRef,
     batches: Vec<RecordBatch>,
     target_file_size: u64,
 ) -> Result<Vec<DataFile>, WriteError> {
     let location = metadata.location().to_owned();
-    let io_err = |e: iceberg::Error| WriteError::Io {
-        location: location.clone(),
-        message: e.to_string(),
+    // Data that does not fit the table will not fit on a retry either; storage trouble may pass.
+    let io_err = |e: iceberg::Error| match e.kind() {
+        iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::FeatureUnsupported => WriteError::Invalid {
+            location: location.clone(),
+            message: e.to_string(),
+        },
+        _ => WriteError::Io {
+            location: location.clone(),
+            message: e.to_string(),
+        },
     };
-    let schema = metadata.current_schema().clone();
+    let schema = schema.clone();
     let spec = metadata.default_partition_spec().clone();
     let parquet = ParquetWriterBuilder::new(writer_properties(metadata)?, schema.clone());
     let names = DefaultFileNameGenerator::new(
@@ -160,8 +170,8 @@ pub async fn delete_files(file_io: &FileIO, paths: impl IntoIterator<Item = Stri
 }
 
 /// Arrow schema of the table's current schema, as the writer expects batches.
-pub fn arrow_schema(metadata: &TableMetadata) -> Result<Arc<arrow_schema::Schema>, String> {
+pub fn arrow_schema(metadata: &TableMetadata) -> Result<std::sync::Arc<arrow_schema::Schema>, String> {
     iceberg::arrow::schema_to_arrow_schema(metadata.current_schema())
-        .map(Arc::new)
+        .map(std::sync::Arc::new)
         .map_err(|e| e.to_string())
 }

@@ -79,14 +79,14 @@ fn batch(m: &iceberg::spec::TableMetadata, rows: &[(i64, Option<i64>)]) -> Recor
 /// One loader-like commit: data files and the ledger advanced by `rows.len()` offsets.
 async fn append(fx: &Fixture, rows: &[(i64, Option<i64>)]) {
     let t = fx.engine.load().await.unwrap();
-    let files = floe::write::write_data_files(fx.engine.catalog().file_io(), &t.metadata, vec![batch(&t.metadata, rows)], 128 << 20)
+    let files = floe::write::write_data_files(fx.engine.catalog().file_io(), &t.metadata, t.metadata.current_schema(), vec![batch(&t.metadata, rows)], 128 << 20)
         .await
         .unwrap();
     let tp = TopicPartition::new("events", 0);
     let first = fx.offset.load(std::sync::atomic::Ordering::SeqCst);
     let end = first + rows.len() as i64;
     let range = OffsetRange { tp, expected: (first > 0).then_some(first), first, end };
-    let mut op = Append::new(PIPELINE, vec![range], files);
+    let mut op = Append::new(PIPELINE, vec![range], files, t.metadata.default_partition_spec_id());
     match fx.engine.commit(&mut op).await.unwrap() {
         AppendOutcome::Committed { .. } => fx.offset.store(end, std::sync::atomic::Ordering::SeqCst),
         AppendOutcome::Fenced { violations, .. } => panic!("fenced: {violations:?}"),

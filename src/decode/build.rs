@@ -16,7 +16,7 @@ use arrow_array::{
     ArrayRef, BooleanArray, FixedSizeBinaryArray, LargeBinaryArray, ListArray, MapArray,
     PrimitiveArray, StringArray, StructArray,
 };
-use arrow_buffer::{BooleanBufferBuilder, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, FieldRef, Fields};
 use base64::Engine as _;
 use iceberg::spec::{NestedField, PrimitiveType, Type};
@@ -35,13 +35,13 @@ pub(crate) struct Col {
     pub nullable: bool,
     /// Said in errors: "expected {expected}, got ...".
     expected: String,
-    validity: BooleanBufferBuilder,
+    validity: Validity,
     data: Data,
     field: FieldRef,
 }
 
 enum Data {
-    Bool(BooleanBufferBuilder),
+    Bool(Vec<bool>),
     Int(Vec<i32>),
     Long(Vec<i64>),
     Float(Vec<f32>),
@@ -181,7 +181,7 @@ impl Col {
             name: ice.name.clone(),
             nullable: !ice.required,
             expected,
-            validity: BooleanBufferBuilder::new(0),
+            validity: Validity::default(),
             data,
             field: arrow.clone(),
         })
@@ -190,7 +190,7 @@ impl Col {
 
 fn primitive(p: &PrimitiveType) -> Option<(Data, String)> {
     Some(match p {
-        PrimitiveType::Boolean => (Data::Bool(BooleanBufferBuilder::new(0)), "a boolean".into()),
+        PrimitiveType::Boolean => (Data::Bool(Vec::new()), "a boolean".into()),
         PrimitiveType::Int => (Data::Int(Vec::new()), "an int (32-bit integer)".into()),
         PrimitiveType::Long => (Data::Long(Vec::new()), "a long (64-bit integer)".into()),
         PrimitiveType::Float => (Data::Float(Vec::new()), "a float".into()),
@@ -283,6 +283,7 @@ impl StructCols {
 
     /// Starts an object: no child has a value yet.
     pub fn begin(&mut self) {
+        self.index.begin();
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
             self.seen.fill(0);
@@ -375,34 +376,71 @@ impl StructCols {
 
 // ---- field names --------------------------------------------------------------------------------
 
-/// Finds a child by JSON key. Producers usually write keys in the same order every time, so the
-/// key after the last match is tried first (one comparison); then a hash lookup; then the
-/// configured case rules.
+/// Finds a child by JSON key. Producers write keys in the same order every time, so the index
+/// learns which key followed which in the last object and tries that first (one comparison); then
+/// a hash lookup; then the configured case rules.
 struct NameIndex {
     names: Vec<Box<[u8]>>,
-    exact: HashMap<Box<[u8]>, usize>,
+    exact: HashMap<Box<[u8]>, usize, BuildNameHasher>,
     /// Lower-cased names, for case-insensitive matching.
-    folded: HashMap<Box<[u8]>, usize>,
-    hint: usize,
+    folded: HashMap<Box<[u8]>, usize, BuildNameHasher>,
+    /// `follow[i]`: the child whose key came after child `i`'s last time; `follow[n]`: the first.
+    follow: Vec<usize>,
+    /// The child matched last in the current object (`n` at its start).
+    prev: usize,
 }
+
+/// A fast hash for the short keys of a fixed table. Hash flooding is no concern: the tables are
+/// built once from the schema and never grow, so crafted keys can at worst cost a few comparisons.
+#[derive(Default, Clone, Copy)]
+struct NameHasher(u64);
+
+impl std::hash::Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Byte equality, inlined: keys are short, and a call to `memcmp` cost more than the comparison.
+#[inline(always)]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+type BuildNameHasher = std::hash::BuildHasherDefault<NameHasher>;
 
 impl NameIndex {
     fn new<'n>(names: impl Iterator<Item = &'n str>) -> NameIndex {
         let names: Vec<Box<[u8]>> = names.map(|n| n.as_bytes().into()).collect();
-        let mut exact = HashMap::new();
-        let mut folded = HashMap::new();
+        let mut exact = HashMap::default();
+        let mut folded = HashMap::default();
         for (i, n) in names.iter().enumerate() {
             exact.entry(n.clone()).or_insert(i);
             folded
                 .entry(n.to_ascii_lowercase().into_boxed_slice())
                 .or_insert(i);
         }
+        let n = names.len();
         NameIndex {
+            follow: (0..=n).map(|i| if i == n { 0 } else { i + 1 }).collect(),
+            prev: n,
             names,
             exact,
             folded,
-            hint: 0,
         }
+    }
+
+    fn begin(&mut self) {
+        self.prev = self.names.len();
     }
 
     #[inline]
@@ -414,11 +452,12 @@ impl NameIndex {
         } else {
             key.raw
         };
-        if let Some(n) = self.names.get(self.hint)
-            && **n == *k
+        let guess = self.follow[self.prev];
+        if let Some(n) = self.names.get(guess)
+            && same(n, k)
         {
-            self.hint += 1;
-            return Ok(Some(self.hint - 1));
+            self.prev = guess;
+            return Ok(Some(guess));
         }
         let found = self.exact.get(k).copied().or_else(|| {
             let mut buf = Vec::new();
@@ -436,8 +475,10 @@ impl NameIndex {
             }
             None
         });
+        // Unknown keys leave the chain as it was, so known keys around them keep their order.
         if let Some(i) = found {
-            self.hint = i + 1;
+            self.follow[self.prev] = i;
+            self.prev = i;
         }
         Ok(found)
     }
@@ -586,6 +627,12 @@ pub(crate) fn decode(
                             .within(seg));
                     }
                     key.validity.append(true);
+                    let first = *offsets.last().expect("offsets start with 0") as usize;
+                    let this = key.len() - 1;
+                    // Small maps are checked key by key; large ones once, at the end.
+                    if this - first <= SMALL_MAP && key.data.repeats_key(first, this) {
+                        return Err(duplicate_key(text));
+                    }
                     cur.eat(b':', "':'")?;
                     if let Err(e) = decode(value, cur, cx, depth + 1) {
                         let text = k.text(&mut cx.scratch, at).unwrap_or_default();
@@ -595,6 +642,14 @@ pub(crate) fn decode(
                         break;
                     }
                 }
+            }
+            let first = *offsets.last().expect("offsets start with 0") as usize;
+            if key.len() - first > SMALL_MAP + 1
+                && let Some(i) = key.data.any_repeated_key(first, key.len())
+            {
+                let mut buf = [0; 16];
+                let shown = String::from_utf8_lossy(key.data.key_bytes(i, &mut buf)).into_owned();
+                return Err(duplicate_key(&shown));
             }
             offsets.push(offset32(key.len())?);
         }
@@ -665,8 +720,8 @@ fn offset32(len: usize) -> Result<i32, Box<Fail>> {
 #[inline]
 fn put_scalar_data(data: &mut Data, tok: &Tok, ts: TsCx) -> Result<(), Bad> {
     match (data, tok) {
-        (Data::Bool(v), Tok::Bool(b)) => v.append(*b),
-        (Data::Bool(v), Tok::Str(s)) => v.append(scalar::boolean(s)?),
+        (Data::Bool(v), Tok::Bool(b)) => v.push(*b),
+        (Data::Bool(v), Tok::Str(s)) => v.push(scalar::boolean(s)?),
         (Data::Int(v), Tok::Num(s) | Tok::Str(s)) => v.push(scalar::int(s)?),
         (Data::Long(v), Tok::Num(s) | Tok::Str(s)) => v.push(scalar::long(s)?),
         (Data::Float(v), Tok::Num(s)) => v.push(scalar::float(s, false)?),
@@ -749,7 +804,99 @@ fn base64_into(s: &str, out: &mut Vec<u8>) -> Result<(), Bad> {
     Err(wrong("not base64"))
 }
 
-// ---- bookkeeping --------------------------------------------------------------------------------
+// ---- map keys -----------------------------------------------------------------------------------
+
+/// Maps up to this many entries check each new key against the earlier ones as it comes.
+const SMALL_MAP: usize = 32;
+
+fn duplicate_key(text: &str) -> Box<Fail> {
+    Fail::new(
+        RecordErrorKind::WrongType,
+        format!(
+            "duplicate map key {:?} (Iceberg maps have unique keys)",
+            truncated(text, SHOWN_VALUE_CHARS)
+        ),
+    )
+}
+
+impl Data {
+    /// The stored value at `i` as bytes, for comparing map keys (after conversion to the key type,
+    /// so `"1"` and `"01"` are the same int key).
+    fn key_bytes<'s>(&'s self, i: usize, buf: &'s mut [u8; 16]) -> &'s [u8] {
+        fn put<'b>(buf: &'b mut [u8; 16], bytes: &[u8]) -> &'b [u8] {
+            buf[..bytes.len()].copy_from_slice(bytes);
+            &buf[..bytes.len()]
+        }
+        match self {
+            Data::Bool(v) => put(buf, &[u8::from(v[i])]),
+            Data::Int(v) | Data::Date(v) => put(buf, &v[i].to_le_bytes()),
+            Data::Long(v) | Data::Time(v) | Data::Timestamp { v, .. } => {
+                put(buf, &v[i].to_le_bytes())
+            }
+            Data::Float(v) => put(buf, &v[i].to_bits().to_le_bytes()),
+            Data::Double(v) => put(buf, &v[i].to_bits().to_le_bytes()),
+            Data::Decimal { v, .. } => put(buf, &v[i].to_le_bytes()),
+            Data::String { offsets, data } => &data[offsets[i] as usize..offsets[i + 1] as usize],
+            Data::Binary { offsets, data } => &data[offsets[i] as usize..offsets[i + 1] as usize],
+            Data::Uuid(v) => &v[i * 16..i * 16 + 16],
+            Data::Fixed { width, data } => &data[i * width..(i + 1) * width],
+            // Map keys are primitive (checked when the decoder is built).
+            Data::List { .. } | Data::Map { .. } | Data::Struct(_) => &[],
+        }
+    }
+
+    /// Whether the key at `this` equals one in `first..this`.
+    fn repeats_key(&self, first: usize, this: usize) -> bool {
+        let (mut a, mut b) = ([0; 16], [0; 16]);
+        let new = self.key_bytes(this, &mut a);
+        (first..this).any(|j| self.key_bytes(j, &mut b) == new)
+    }
+
+    /// Some key in `first..end` that appears twice.
+    fn any_repeated_key(&self, first: usize, end: usize) -> Option<usize> {
+        let mut keys: Vec<(Vec<u8>, usize)> = (first..end)
+            .map(|i| (self.key_bytes(i, &mut [0; 16]).to_vec(), i))
+            .collect();
+        keys.sort_unstable();
+        keys.windows(2).find(|w| w[0].0 == w[1].0).map(|w| w[1].1)
+    }
+}
+
+// ---- bookkeeping -------------------------------------------------------------------------------
+
+/// Which values are valid (not null). One byte per value while building (appending is the hot
+/// path); packed into bits only for a batch that has nulls at all.
+#[derive(Default)]
+struct Validity {
+    valid: Vec<bool>,
+    nulls: usize,
+}
+
+impl Validity {
+    #[inline]
+    fn append(&mut self, valid: bool) {
+        self.valid.push(valid);
+        self.nulls += usize::from(!valid);
+    }
+
+    fn len(&self) -> usize {
+        self.valid.len()
+    }
+
+    fn truncate(&mut self, len: usize) {
+        if len < self.valid.len() {
+            self.nulls -= self.valid[len..].iter().filter(|v| !**v).count();
+            self.valid.truncate(len);
+        }
+    }
+
+    fn finish(&mut self) -> Option<NullBuffer> {
+        let valid = std::mem::take(&mut self.valid);
+        (std::mem::take(&mut self.nulls) > 0).then(|| NullBuffer::from(valid))
+    }
+}
+
+// ---- appending, undoing, finishing -------------------------------------------------------------
 
 impl Col {
     pub fn len(&self) -> usize {
@@ -759,7 +906,7 @@ impl Col {
     pub fn append_null(&mut self) {
         self.validity.append(false);
         match &mut self.data {
-            Data::Bool(v) => v.append(false),
+            Data::Bool(v) => v.push(false),
             Data::Int(v) | Data::Date(v) => v.push(0),
             Data::Long(v) | Data::Time(v) | Data::Timestamp { v, .. } => v.push(0),
             Data::Float(v) => v.push(0.0),
@@ -786,11 +933,10 @@ impl Col {
         }
     }
 
-    /// Drops every value from index `len` on.
+    /// Drops every value from index `len` on. A record that failed partway may have left values in
+    /// this column's children (list elements, struct fields, map entries) before its own entry was
+    /// pushed, so the children are cut back even when this column has no entry past `len`.
     pub fn truncate(&mut self, len: usize) {
-        if self.validity.len() <= len {
-            return;
-        }
         self.validity.truncate(len);
         match &mut self.data {
             Data::Bool(v) => v.truncate(len),
@@ -828,9 +974,9 @@ impl Col {
     }
 
     pub fn buffered_bytes(&self) -> usize {
-        let own = self.validity.len().div_ceil(8);
+        let own = self.validity.len();
         own + match &self.data {
-            Data::Bool(v) => v.len().div_ceil(8),
+            Data::Bool(v) => v.len(),
             Data::Int(v) | Data::Date(v) => v.len() * 4,
             Data::Long(v) | Data::Time(v) | Data::Timestamp { v, .. } => v.len() * 8,
             Data::Float(v) => v.len() * 4,
@@ -853,8 +999,7 @@ impl Col {
     /// Takes the values as an Arrow array of exactly the field's type, and resets.
     pub fn finish(&mut self) -> ArrayRef {
         let len = self.validity.len();
-        let validity = self.validity.finish();
-        let nulls = Some(NullBuffer::new(validity)).filter(|n| n.null_count() > 0);
+        let nulls = self.validity.finish();
         let dt = self.field.data_type().clone();
         fn values<T: arrow_buffer::ArrowNativeType>(v: &mut Vec<T>) -> ScalarBuffer<T> {
             ScalarBuffer::from(std::mem::take(v))
@@ -864,7 +1009,10 @@ impl Col {
             OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(v, vec![zero])))
         }
         match &mut self.data {
-            Data::Bool(v) => Arc::new(BooleanArray::new(v.finish(), nulls)),
+            Data::Bool(v) => Arc::new(BooleanArray::new(
+                BooleanBuffer::from(std::mem::take(v)),
+                nulls,
+            )),
             Data::Int(v) => Arc::new(PrimitiveArray::<Int32Type>::new(values(v), nulls)),
             Data::Long(v) => Arc::new(PrimitiveArray::<Int64Type>::new(values(v), nulls)),
             Data::Float(v) => Arc::new(PrimitiveArray::<Float32Type>::new(values(v), nulls)),

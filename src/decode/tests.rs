@@ -82,6 +82,7 @@ fn arrow_schema_is_the_iceberg_crates() {
     let dec = Decoder::new(&schema, DecodeOptions::default()).unwrap();
     let expected = iceberg::arrow::schema_to_arrow_schema(&schema).unwrap();
     assert_eq!(*dec.arrow_schema(), expected);
+    assert_eq!(dec.schema_id(), schema.schema_id());
     let mut dec = dec;
     assert_eq!(*dec.finish().schema(), expected);
 }
@@ -1187,4 +1188,388 @@ fn days_from_civil_agrees_with_chrono() {
         );
         d += chrono::Duration::days(97);
     }
+}
+
+#[test]
+fn keys_in_any_order_with_unknown_keys_between() {
+    let mut dec = decoder("a BIGINT, b VARCHAR, c BOOLEAN");
+    let recs = [
+        r#"{"a": 1, "b": "x", "c": true}"#,
+        r#"{"c": false, "b": "y", "a": 2}"#,
+        r#"{"b": "z", "zz": 0, "a": 3, "c": true}"#,
+        r#"{"c": true, "a": 4}"#,
+        r#"{"c": false, "b": "w", "a": 5}"#,
+    ];
+    let b = batch(&mut dec, &recs);
+    assert_eq!(
+        b.column(0).as_primitive::<Int64Type>().values().to_vec(),
+        [1, 2, 3, 4, 5]
+    );
+    let s: Vec<_> = b.column(1).as_string::<i32>().iter().collect();
+    assert_eq!(s, [Some("x"), Some("y"), Some("z"), None, Some("w")]);
+    let c: Vec<_> = b
+        .column(2)
+        .as_boolean()
+        .iter()
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(c, [true, false, true, true, false]);
+}
+
+#[test]
+fn utf8_is_checked_in_every_string() {
+    let bad: [&[u8]; 4] = [
+        b"{\"a\": \"\xff\"}",
+        b"{\"zz\": \"ok \xc3\"}",
+        b"{\"\xe2\x82\": 1}",
+        b"{\"a\": \"\xed\xa0\x80\"}",
+    ];
+    for record in bad {
+        let mut dec = decoder("a VARCHAR");
+        let e = dec.append(record, &ORIGIN).unwrap_err();
+        assert_eq!(e.kind(), RecordErrorKind::InvalidUtf8, "{record:?}: {e}");
+    }
+    let e = decoder("a VARCHAR")
+        .append(b"{\"a\": \xff}", &ORIGIN)
+        .unwrap_err();
+    assert_eq!(e.kind(), RecordErrorKind::NotJson);
+    let mut dec = decoder("a VARCHAR, b ARRAY(VARCHAR)");
+    dec.append(
+        "{\"a\": \"é€😀 long enough to need several words\", \"b\": [\"ünï\"]}".as_bytes(),
+        &ORIGIN,
+    )
+    .unwrap();
+    let b = dec.finish();
+    assert_eq!(
+        b.column(0).as_string::<i32>().value(0),
+        "é€😀 long enough to need several words"
+    );
+}
+
+// ---- reshaping ----------------------------------------------------------------------------------
+
+fn options(f: impl FnOnce(&mut DecodeOptions)) -> DecodeOptions {
+    let mut o = DecodeOptions::default();
+    f(&mut o);
+    o
+}
+
+fn projection(column: &str, pointer: &str) -> Projection {
+    Projection {
+        column: column.into(),
+        pointer: pointer.into(),
+    }
+}
+
+#[test]
+fn unnest_reads_the_row_from_a_pointer() {
+    let opts = options(|o| o.unnest = Some("/payload/after".into()));
+    let mut dec = decoder_with("id BIGINT, name VARCHAR", opts);
+    let b = batch(
+        &mut dec,
+        &[
+            r#"{"op": "c", "payload": {"before": null, "after": {"id": 1, "name": "a"}}}"#,
+            r#"{"payload": {"after": {"name": "b", "id": 2, "other": true}}, "ts": 5}"#,
+        ],
+    );
+    assert_eq!(
+        b.column(0).as_primitive::<Int64Type>().values().to_vec(),
+        [1, 2]
+    );
+    assert_eq!(b.column(1).as_string::<i32>().value(1), "b");
+    assert_eq!(dec.ignored_fields(), 1);
+    // Where the pointer leads nowhere, or not to an object: a record error.
+    let e = dec
+        .append(br#"{"payload": {"before": {}}}"#, &ORIGIN)
+        .unwrap_err();
+    assert_eq!(e.kind(), RecordErrorKind::NotAnObject);
+    assert!(e.message().contains("/payload/after"), "{e}");
+    let e = dec
+        .append(br#"{"payload": {"after": [1]}}"#, &ORIGIN)
+        .unwrap_err();
+    assert_eq!(e.kind(), RecordErrorKind::NotAnObject);
+    // The rest of the record must still be JSON.
+    let e = dec
+        .append(br#"{"payload": {"after": {"id": 3}}, "x": tru}"#, &ORIGIN)
+        .unwrap_err();
+    assert_eq!(e.kind(), RecordErrorKind::NotJson);
+    assert_eq!(dec.len(), 0);
+
+    // Array indexes and escaped tokens (RFC 6901).
+    let opts = options(|o| o.unnest = Some("/a~1b/1/c~0d".into()));
+    let b = one_with("x INTEGER", opts, r#"{"a/b": [{}, {"c~d": {"x": 7}}]}"#);
+    assert_eq!(b.column(0).as_primitive::<Int32Type>().value(0), 7);
+}
+
+fn one_with(columns: &str, opts: DecodeOptions, record: &str) -> RecordBatch {
+    batch(&mut decoder_with(columns, opts), &[record])
+}
+
+#[test]
+fn projections_take_columns_from_anywhere_in_the_original_record() {
+    let opts = options(|o| {
+        o.unnest = Some("/after".into());
+        o.projections = vec![
+            projection("ts", "/source/ts_ms"),
+            projection("name", "/after/full/name"),
+            projection("tags", "/meta/tags"),
+        ];
+    });
+    let mut dec = decoder_with(
+        "id BIGINT, name VARCHAR, ts TIMESTAMP(6) WITH TIME ZONE, tags ARRAY(VARCHAR)",
+        opts,
+    );
+    let b = batch(
+        &mut dec,
+        &[
+            r#"{"after": {"id": 1, "name": "ignored", "full": {"name": "Ada"}}, "source": {"ts_ms": 1000}, "meta": {"tags": ["x"]}}"#,
+            r#"{"after": {"id": 2}, "source": {}}"#,
+        ],
+    );
+    assert_eq!(
+        b.column(0).as_primitive::<Int64Type>().values().to_vec(),
+        [1, 2]
+    );
+    let name = b.column(1).as_string::<i32>();
+    assert_eq!(name.value(0), "Ada");
+    assert!(name.is_null(1));
+    let ts = b.column(2).as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(ts.value(0), 1_000_000);
+    assert!(ts.is_null(1));
+    assert_eq!(b.column(3).as_list::<i32>().value(0).len(), 1);
+    assert!(b.column(3).is_null(1));
+    // `full` is not a column; `name` inside the row is overridden, not ignored.
+    assert_eq!(dec.ignored_fields(), 1);
+
+    // A projected value of the wrong type names the column.
+    let e = dec
+        .append(
+            br#"{"after": {"id": 3}, "source": {"ts_ms": "soon"}}"#,
+            &ORIGIN,
+        )
+        .unwrap_err();
+    assert_eq!((e.kind(), e.column()), (RecordErrorKind::WrongType, "ts"));
+
+    // A required projected column that is missing.
+    let opts = options(|o| o.projections = vec![projection("id", "/key/id")]);
+    let mut dec = decoder_with("id BIGINT NOT NULL", opts);
+    let e = dec.append(br#"{"id": 5}"#, &ORIGIN).unwrap_err();
+    assert_eq!(
+        (e.kind(), e.column()),
+        (RecordErrorKind::MissingRequired, "id")
+    );
+    dec.append(br#"{"key": {"id": 6}}"#, &ORIGIN).unwrap();
+    assert_eq!(
+        dec.finish().column(0).as_primitive::<Int64Type>().value(0),
+        6
+    );
+}
+
+#[test]
+fn field_names_are_converted_to_lower_underscore_at_every_depth() {
+    let cols = "user_id BIGINT, http_status INTEGER, address ROW(zip_code VARCHAR, street_name VARCHAR), \
+                items ARRAY(ROW(item_count INTEGER)), attrs MAP(VARCHAR, ROW(attr_value VARCHAR))";
+    let cases = [
+        (
+            FieldCase::LowerCamel,
+            r#"{"userId": 1, "httpStatus": 200, "address": {"zipCode": "z", "streetName": "s"}, "items": [{"itemCount": 2}], "attrs": {"KeepMe": {"attrValue": "v"}}}"#,
+        ),
+        (
+            FieldCase::UpperCamel,
+            r#"{"UserId": 1, "HttpStatus": 200, "Address": {"ZipCode": "z", "StreetName": "s"}, "Items": [{"ItemCount": 2}], "Attrs": {"KeepMe": {"AttrValue": "v"}}}"#,
+        ),
+        (
+            FieldCase::LowerHyphen,
+            r#"{"user-id": 1, "http-status": 200, "address": {"zip-code": "z", "street-name": "s"}, "items": [{"item-count": 2}], "attrs": {"KeepMe": {"attr-value": "v"}}}"#,
+        ),
+        (
+            FieldCase::UpperUnderscore,
+            r#"{"USER_ID": 1, "HTTP_STATUS": 200, "ADDRESS": {"ZIP_CODE": "z", "STREET_NAME": "s"}, "ITEMS": [{"ITEM_COUNT": 2}], "ATTRS": {"KeepMe": {"ATTR_VALUE": "v"}}}"#,
+        ),
+    ];
+    for (case, record) in cases {
+        let mut dec = decoder_with(cols, options(|o| o.field_case = Some(case)));
+        let b = batch(&mut dec, &[record]);
+        assert_eq!(dec.ignored_fields(), 0, "{case:?}");
+        assert_eq!(
+            b.column(0).as_primitive::<Int64Type>().value(0),
+            1,
+            "{case:?}"
+        );
+        assert_eq!(
+            b.column(1).as_primitive::<Int32Type>().value(0),
+            200,
+            "{case:?}"
+        );
+        let address = b.column(2).as_struct();
+        assert_eq!(
+            address.column(0).as_string::<i32>().value(0),
+            "z",
+            "{case:?}"
+        );
+        assert_eq!(
+            address.column(1).as_string::<i32>().value(0),
+            "s",
+            "{case:?}"
+        );
+        let items = b.column(3).as_list::<i32>().value(0);
+        assert_eq!(
+            items
+                .as_struct()
+                .column(0)
+                .as_primitive::<Int32Type>()
+                .value(0),
+            2,
+            "{case:?}"
+        );
+        // Map keys are data: never converted.
+        let attrs = b.column(4).as_map().value(0);
+        assert_eq!(
+            attrs.column(0).as_string::<i32>().value(0),
+            "KeepMe",
+            "{case:?}"
+        );
+        assert_eq!(
+            attrs
+                .column(1)
+                .as_struct()
+                .column(0)
+                .as_string::<i32>()
+                .value(0),
+            "v",
+            "{case:?}"
+        );
+    }
+    // Guava's rule: in camel case every capital starts a word.
+    let mut out = Vec::new();
+    FieldCase::UpperCamel.to_lower_underscore(b"HTTPServer", &mut out);
+    assert_eq!(out, b"h_t_t_p_server");
+    assert_eq!("lowerCamel".parse::<FieldCase>(), Ok(FieldCase::LowerCamel));
+    assert!("snake".parse::<FieldCase>().is_err());
+}
+
+#[test]
+fn case_insensitive_matching() {
+    let cols = "user_id BIGINT, nested ROW(inner_value VARCHAR)";
+    let record = r#"{"User_ID": 1, "NESTED": {"Inner_Value": "v"}}"#;
+    // Off by default: the fields are ignored.
+    let mut dec = decoder(cols);
+    let b = batch(&mut dec, &[record]);
+    assert!(b.column(0).is_null(0));
+    assert_eq!(dec.ignored_fields(), 2);
+    let mut dec = decoder_with(cols, options(|o| o.case_insensitive = true));
+    let b = batch(&mut dec, &[record]);
+    assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 1);
+    assert_eq!(
+        b.column(1)
+            .as_struct()
+            .column(0)
+            .as_string::<i32>()
+            .value(0),
+        "v"
+    );
+    // Together with case conversion: `UserID` -> `user_i_d` matches nothing, `userId` -> `user_id`.
+    let mut dec = decoder_with(
+        cols,
+        options(|o| {
+            o.case_insensitive = true;
+            o.field_case = Some(FieldCase::LowerCamel);
+        }),
+    );
+    let b = batch(
+        &mut dec,
+        &[r#"{"userId": 1, "Nested": {"innerValue": "v"}}"#],
+    );
+    assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 1);
+    assert_eq!(
+        b.column(1)
+            .as_struct()
+            .column(0)
+            .as_string::<i32>()
+            .value(0),
+        "v"
+    );
+}
+
+// ---- the writer accepts the batches --------------------------------------------------------------
+
+#[test]
+fn batches_round_trip_through_parquet() {
+    let cols = "b BOOLEAN, i INTEGER, l BIGINT, f REAL, d DOUBLE, dec DECIMAL(10, 3), s VARCHAR, bin VARBINARY, \
+                dt DATE, t TIME(6), ts TIMESTAMP(6), tz TIMESTAMP(6) WITH TIME ZONE, u UUID, \
+                arr ARRAY(ROW(x INTEGER, y ARRAY(VARCHAR))), m MAP(VARCHAR, MAP(INTEGER, DOUBLE)), r ROW(a ROW(b BIGINT))";
+    let mut dec = decoder(cols);
+    let b = batch(
+        &mut dec,
+        &[
+            r#"{"b": true, "i": 1, "l": 2, "f": 1.5, "d": 2.5, "dec": "1.234", "s": "x", "bin": "AAE=", "dt": "2024-02-29",
+                "t": "01:02:03.000004", "ts": "2022-07-26T00:41:48.046773", "tz": "2022-07-26T00:41:48.046773-07:00[America/Los_Angeles]",
+                "u": "f79c3e09-677c-4bbd-a479-3f349cb785e7", "arr": [{"x": 1, "y": ["p", null]}, null, {}],
+                "m": {"k": {"1": 0.5}, "e": {}, "n": null}, "r": {"a": {"b": 3}}}"#,
+            r#"{}"#,
+            r#"{"arr": [], "m": {}, "r": {"a": null}}"#,
+        ],
+    );
+    let file = tempfile::tempfile().unwrap();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file.try_clone().unwrap(), b.schema(), None).unwrap();
+    writer.write(&b).unwrap();
+    writer.close().unwrap();
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024).unwrap();
+    let back: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+    assert_eq!(back.len(), 1);
+    for (i, (a, z)) in b.columns().iter().zip(back[0].columns()).enumerate() {
+        assert_eq!(
+            a.to_data(),
+            z.to_data(),
+            "column {}",
+            b.schema().field(i).name()
+        );
+    }
+}
+
+#[test]
+fn map_keys_must_be_unique_after_conversion() {
+    let e = fails(
+        "m MAP(VARCHAR, INTEGER)",
+        r#"{"m": {"a": 1, "b": 2, "a": 3}}"#,
+    );
+    assert_eq!((e.kind(), e.column()), (RecordErrorKind::WrongType, "m"));
+    assert!(e.message().contains("duplicate map key \"a\""), "{e}");
+    // "1" and "01" are the same int.
+    assert_eq!(
+        fails("m MAP(INTEGER, INTEGER)", r#"{"m": {"1": 1, "01": 2}}"#).kind(),
+        RecordErrorKind::WrongType
+    );
+    // Large maps are checked too; the same keys in different maps are fine.
+    let big: Vec<String> = (0..100).map(|i| format!("\"k{i}\": {i}")).collect();
+    let mut dup = big.clone();
+    dup.push("\"k7\": 0".into());
+    let e = fails(
+        "m MAP(VARCHAR, INTEGER)",
+        &format!(r#"{{"m": {{{}}}}}"#, dup.join(", ")),
+    );
+    assert!(e.message().contains("\"k7\""), "{e}");
+    let b = batch(
+        &mut decoder("m MAP(VARCHAR, INTEGER), n MAP(VARCHAR, MAP(VARCHAR, INTEGER))"),
+        &[
+            &format!(
+                r#"{{"m": {{{}}}, "n": {{"a": {{"a": 1}}, "b": {{"a": 2}}}}}}"#,
+                big.join(", ")
+            ),
+            r#"{"m": {"k1": 1}}"#,
+        ],
+    );
+    assert_eq!(b.column(0).as_map().value(0).len(), 100);
+}
+
+#[test]
+fn a_decoder_can_move_to_another_thread() {
+    fn send<T: Send>(_: &T) {}
+    let dec = decoder("a BIGINT");
+    send(&dec);
+    let e = fails("a BIGINT", "x");
+    send(&e);
+    let _: &(dyn std::error::Error + Send + Sync) = &e;
 }

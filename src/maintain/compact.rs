@@ -200,7 +200,7 @@ pub async fn compact(engine: &CommitEngine, opts: &CompactOptions) -> Result<Com
         let files: Vec<&LiveFile> = g.files.iter().map(|p| &live.data[p]).collect();
         let result = async {
             let batches = read_files(io, &name, &table.metadata, &files).await?;
-            crate::write::write_data_files(io, &table.metadata, batches, opts.target_file_size)
+            crate::write::write_data_files(io, &table.metadata, table.metadata.current_schema(), batches, opts.target_file_size)
                 .await
                 .map_err(MaintainError::from)
         }

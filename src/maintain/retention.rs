@@ -260,7 +260,7 @@ pub async fn retention(engine: &CommitEngine, opts: &RetentionOptions) -> Result
                 if opts.dry_run {
                     continue;
                 }
-                let add = match crate::write::write_data_files(io, m, kept, opts.target_file_size).await {
+                let add = match crate::write::write_data_files(io, m, m.current_schema(), kept, opts.target_file_size).await {
                     Ok(add) => add,
                     Err(e) => {
                         crate::write::delete_files(io, written).await;

@@ -280,11 +280,83 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 
 @dataclass
+class KafkaRecord:
+    """One record as a Kafka client reads it: coordinates, raw key/value, headers in order."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+    timestamp: tuple[int, int]  # (confluent_kafka TIMESTAMP_* type, milliseconds)
+
+    def header(self, name: str) -> bytes | None:
+        """The value of the one header called `name`; fails if there are several, None if absent."""
+        values = [v for k, v in self.headers if k == name]
+        assert len(values) <= 1, f"{self.topic}/{self.partition}:{self.offset} has header {name!r} {len(values)} times"
+        return values[0] if values else None
+
+    def header_str(self, name: str) -> str | None:
+        v = self.header(name)
+        return None if v is None else v.decode("utf-8")
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 60) -> list[KafkaRecord]:
+    """Every record of the topic up to its end offsets when called (confluent-kafka, independent of
+    floe), ordered by partition and offset. A topic that does not exist holds nothing."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": unique("floe-test-reader"),
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "allow.auto.create.topics": False,
+    })
+    try:
+        md = consumer.list_topics(topic, timeout=15).topics.get(topic)
+        if md is None or md.error is not None or not md.partitions:
+            return []
+        ends: dict[int, int] = {}
+        assign = []
+        for p in sorted(md.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+            if high > low:
+                ends[p] = high
+                assign.append(TopicPartition(topic, p, low))
+        if not assign:
+            return []
+        consumer.assign(assign)
+        out: list[KafkaRecord] = []
+        at = {tp.partition: tp.offset for tp in assign}
+        deadline = time.monotonic() + timeout
+        while any(at[p] < e for p, e in ends.items()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out reading {topic}: at {at}, end offsets {ends}", pytrace=False)
+            m = consumer.poll(0.5)
+            if m is None:
+                continue
+            if m.error():
+                raise KafkaException(m.error())
+            p, o = m.partition(), m.offset()
+            at[p] = o + 1
+            if o >= ends[p]:
+                continue
+            out.append(KafkaRecord(topic, p, o, m.key(), m.value(), list(m.headers() or []), m.timestamp()))
+        return sorted(out, key=lambda r: (r.partition, r.offset))
+    finally:
+        consumer.close()
+
+
+@dataclass
 class Produced:
-    """What one publish-sample run sent: every id in order, and the full records for kept ids."""
+    """What one publish-sample run sent: every id in order, the full records for kept ids, and the
+    ids of the malformed records (`--bad-every`), which are not JSON records to keep."""
 
     ids: list[int] = field(default_factory=list)
     records: dict[int, dict] = field(default_factory=dict)
+    bad: list[int] = field(default_factory=list)
 
 
 class Publisher:
@@ -292,7 +364,7 @@ class Publisher:
 
     def __init__(self, pipeline: "Pipeline", count: int, first_id: int, partitions: int,
                  rate: float | None = None, spread: str | None = None,
-                 keep: Callable[[int], bool] = lambda _id: True) -> None:
+                 keep: Callable[[int], bool] = lambda _id: True, bad_every: int | None = None) -> None:
         self.pipeline = pipeline
         self.count = count
         self.first_id = first_id
@@ -302,6 +374,9 @@ class Publisher:
             self.args += ["--rate", str(rate)]
         if spread is not None:
             self.args += ["--spread", spread]
+        if bad_every is not None:
+            self.args += ["--bad-every", str(bad_every)]
+        self.bad_every = bad_every
         self.keep = keep
         self.result = Produced()
         self.error: str | None = None
@@ -317,6 +392,12 @@ class Publisher:
                                                     stdin=subprocess.DEVNULL, env=child_env()))
                 assert proc.stdout is not None
                 for line in proc.stdout:
+                    i = len(self.result.ids)
+                    if self.bad_every and (i + 1) % self.bad_every == 0:
+                        # Record i is malformed (printed lossily, maybe not JSON): only its id counts.
+                        self.result.ids.append(self.first_id + i)
+                        self.result.bad.append(self.first_id + i)
+                        continue
                     rec = json.loads(line)
                     rid = rec["id"]
                     self.result.ids.append(rid)
@@ -390,7 +471,8 @@ class Pipeline:
     # config and table
 
     def write_config(self, interval: str = "1s", kafka: dict[str, object] | None = None,
-                     bootstrap: str | None = None, commit: dict[str, object] | None = None) -> None:
+                     bootstrap: str | None = None, commit: dict[str, object] | None = None,
+                     dead_letter: dict[str, object] | None = None) -> None:
         c = self.catalog_spec
         lines = [f"data_dir = {toml_str(str(self.data_dir))}", "", "[catalog]", f"name = {toml_str(c.name)}"]
         if c.kind == "postgres":
@@ -408,6 +490,8 @@ class Pipeline:
         lines += ["", "[table]", f"name = {toml_str(EVENTS_TABLE)}"]
         lines += ["", "[commit]", f"interval = {toml_str(interval)}"]
         lines += [f"{k} = {toml_value(v)}" for k, v in (commit or {}).items()]
+        if dead_letter:
+            lines += ["", "[dead_letter]"] + [f"{k} = {toml_value(v)}" for k, v in dead_letter.items()]
         self.config.write_text("\n".join(lines) + "\n")
 
     def floe(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -415,8 +499,8 @@ class Pipeline:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL, env=child_env())
 
-    def create_table(self) -> None:
-        p = self.floe("table", "create", EVENTS_DDL)
+    def create_table(self, ddl: str = EVENTS_DDL) -> None:
+        p = self.floe("table", "create", ddl)
         assert p.returncode == 0, f"floe table create failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
 
     # producing

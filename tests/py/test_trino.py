@@ -1,10 +1,11 @@
 """Trino reads what floe writes (issue 8): a real Trino server (scripts/trino.sh) on the same
-PostgreSQL JDBC catalog and warehouse as floe, checked value by value, and Trino's maintenance SQL
-run while floe keeps ingesting, with every id counted through Trino afterwards.
+JDBC catalog and warehouse as floe, checked value by value; and Trino's maintenance SQL and schema
+changes run while floe keeps ingesting, with every id counted through Trino afterwards.
 
 One Trino serves the whole session (FLOE_TEST_TRINO=http://... uses a server already running).
-Each test has its own floe catalog name in the test PostgreSQL, and its own Trino catalog on it,
-added with CREATE CATALOG (the server runs with dynamic catalog management).
+Each test has its own floe catalog (a unique catalog name in the test PostgreSQL, or a SQLite file)
+and its own Trino catalog on it, added with CREATE CATALOG (the server runs with dynamic catalog
+management). Values are compared through Trino's HTTP protocol, typed (trino_client.py).
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import struct
 import threading
 import time
 import uuid
-from datetime import date, datetime, time as dtime, timedelta, timezone
+from datetime import date, datetime, time as dtime, timezone
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -57,6 +57,7 @@ def say(request, line: str) -> None:
         print(f"trino: {line}")
         return
     with capture.global_and_fixture_disabled():
+        reporter.ensure_newline()
         reporter.write_line(f"trino: {line}")
 
 
@@ -74,14 +75,14 @@ def trino_server(request, tmp_path_factory):
         server = start_server(REPO, d)
     except Exception as e:  # noqa: BLE001 - reported as the fixture's failure
         pytest.fail(f"could not start Trino: {e}", pytrace=False)
-    say(request, f"Trino {server.version} on JDK {server.java}, {server.client.uri}, "
+    say(request, f"Trino {server.version} on {server.java}, {server.client.uri}, "
                  f"started in {server.started_in:.1f} s (scripts/trino.sh start)")
     yield server
     say(request, stop_server(REPO, d).splitlines()[-1])
 
 
 class TrinoTable:
-    """A floe pipeline on a PostgreSQL catalog plus a Trino catalog on the same catalog."""
+    """A floe pipeline and a Trino catalog on the same floe catalog; `{t}` in SQL is its table."""
 
     def __init__(self, trino: Trino, pipeline: Pipeline, catalog: str) -> None:
         self.trino = trino

@@ -239,7 +239,15 @@ def start_server(repo: Path, dir: Path, timeout: float = 420) -> TrinoServer:
         raise RuntimeError(f"scripts/trino.sh start {dir} failed (exit {p.returncode}):\n{p.stdout}\n{p.stderr}")
     uri = p.stdout.strip().splitlines()[-1]
     client = Trino(uri)
-    java = (dir / "java_home").read_text().strip() if (dir / "java_home").exists() else "?"
+    java = "?"
+    if (dir / "java_home").exists():
+        home = Path((dir / "java_home").read_text().strip())
+        java = str(home)
+        release = home / "release"
+        if release.exists():
+            for line in release.read_text().splitlines():
+                if line.startswith("JAVA_RUNTIME_VERSION="):
+                    java = f"Java {line.split('=', 1)[1].strip(chr(34))} ({home})"
     return TrinoServer(client, str(client.query("SELECT version()").scalar()), java, took, dir)
 
 
