@@ -473,3 +473,46 @@ fn maintain_commands_from_the_binary() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("must be a timestamp"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replace_leaves_out_groups_whose_files_are_gone_from_the_base() {
+    use floe::maintain::rewrite::{Group, Rewrite, Task};
+    let fx = fixture().await;
+    let base = today_us();
+    for c in 0..4i64 {
+        append(&fx, &[(c, Some(base + c))]).await;
+    }
+    let mut paths: Vec<String> = live(&fx).await.data.keys().cloned().collect();
+    paths.sort();
+    let [a, b, c, d] = &paths[..] else { panic!("{paths:?}") };
+    // Someone else removes `a` (here: a retention-style drop) after our plan was made.
+    let mut drop_a = Rewrite::new(Task::Retention, vec![Group { remove: vec![a.clone()], add: vec![], reads_rows: false }], false);
+    let o = fx.engine.commit(&mut drop_a).await.unwrap();
+    assert!(o.snapshot_id.is_some());
+    assert_eq!(fx.engine.load().await.unwrap().metadata.current_snapshot().unwrap().summary().operation.as_str(), "delete");
+    // Our compaction planned {a, b} -> x and {c, d} -> y on the old base.
+    let t = fx.engine.load().await.unwrap();
+    let io = fx.engine.catalog().file_io();
+    let x = floe::write::write_data_files(io, &t.metadata, t.metadata.current_schema(), vec![batch(&t.metadata, &[(0, Some(base)), (1, Some(base + 1))])], 1 << 20).await.unwrap();
+    let y = floe::write::write_data_files(io, &t.metadata, t.metadata.current_schema(), vec![batch(&t.metadata, &[(2, Some(base + 2)), (3, Some(base + 3))])], 1 << 20).await.unwrap();
+    let x_path = x[0].file_path().to_owned();
+    let mut compact = Rewrite::new(
+        Task::Compact,
+        vec![
+            Group { remove: vec![a.clone(), b.clone()], add: x, reads_rows: true },
+            Group { remove: vec![c.clone(), d.clone()], add: y, reads_rows: true },
+        ],
+        true,
+    );
+    let o = fx.engine.commit(&mut compact).await.unwrap();
+    assert_eq!((o.groups_committed, o.groups_dropped), (1, 1), "{o:?}");
+    assert_eq!(o.unreferenced, vec![x_path], "the left-out group's file is the caller's to delete");
+    // a stays deleted, b stays, c and d became y: ids 1, 2, 3 once each.
+    let ids: Vec<i64> = scan(&fx).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    let t = fx.engine.load().await.unwrap();
+    let sum = summary(&t);
+    assert_eq!((sum["deleted-data-files"].as_str(), sum["added-data-files"].as_str()), ("2", "1"));
+    assert_eq!(sum["total-data-files"], "2");
+    assert_eq!(sum["total-records"], "3");
+}
