@@ -25,7 +25,7 @@ import duckdb
 from pyiceberg.catalog.sql import SqlCatalog
 
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/floe/target"))
-QUERY = "SELECT kind, count(*), sum(value), max(ts) FROM iceberg_scan('{m}') GROUP BY kind ORDER BY kind"
+QUERY = "SELECT kind, count(*), round(sum(value), 3), epoch_us(max(ts)) FROM iceberg_scan('{m}') GROUP BY kind ORDER BY kind"
 
 
 def duckdb_connect():

@@ -10,7 +10,7 @@
 //! committed metadata. Commits that land later only reference files reachable from the current
 //! snapshot (or new ones), so they cannot need a deleted file.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -188,9 +188,14 @@ pub async fn expire_snapshots(engine: &CommitEngine, opts: &ExpireOptions) -> Re
     let mut cache = ManifestCache::default();
     let reachable = Reach::of(&mut cache, io, &kept_metadata, &name, &kept, false).await?;
     let gone = Reach::of(&mut cache, io, &table.metadata, &name, &removed, true).await?;
-    report.manifest_lists = gone.lists.difference(&reachable.lists).cloned().collect();
-    report.manifests = gone.manifests.difference(&reachable.manifests).cloned().collect();
-    report.data_files = gone.files.difference(&reachable.files).cloned().collect();
+    let unreachable = |gone: &HashSet<String>, kept: &HashSet<String>| {
+        let mut v: Vec<String> = gone.difference(kept).cloned().collect();
+        v.sort();
+        v
+    };
+    report.manifest_lists = unreachable(&gone.lists, &reachable.lists);
+    report.manifests = unreachable(&gone.manifests, &reachable.manifests);
+    report.data_files = unreachable(&gone.files, &reachable.files);
     // Statistics files of the removed snapshots (the base metadata still lists them).
     let kept_stats: HashSet<String> = kept_metadata
         .statistics_iter()
@@ -234,9 +239,9 @@ pub async fn expire_snapshots(engine: &CommitEngine, opts: &ExpireOptions) -> Re
 /// Everything some snapshots reach.
 #[derive(Default)]
 pub(crate) struct Reach {
-    pub lists: BTreeSet<String>,
-    pub manifests: BTreeSet<String>,
-    pub files: BTreeSet<String>,
+    pub lists: HashSet<String>,
+    pub manifests: HashSet<String>,
+    pub files: HashSet<String>,
 }
 
 impl Reach {
@@ -254,9 +259,10 @@ impl Reach {
         let mut manifests = Vec::new();
         for s in snapshots {
             reach.lists.insert(s.manifest_list().to_owned());
-            for mf in cache.list(io, m, table, s).await?.iter() {
-                if reach.manifests.insert(mf.manifest_path.clone()) {
-                    manifests.push(mf.clone());
+            for mf in ManifestCache::list_once(io, m, table, s).await? {
+                if !reach.manifests.contains(&mf.manifest_path) {
+                    reach.manifests.insert(mf.manifest_path.clone());
+                    manifests.push(mf);
                 }
             }
         }

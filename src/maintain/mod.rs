@@ -112,18 +112,16 @@ pub struct ManifestCache {
 }
 
 impl ManifestCache {
-    /// The manifests a snapshot's manifest list names.
-    pub async fn list(
-        &mut self,
+    /// The manifests a snapshot's manifest list names, read without keeping them (expiry and the
+    /// orphan sweep read every snapshot's list once; keeping them all would hold the history's
+    /// quadratic number of entries in memory).
+    pub async fn list_once(
         io: &FileIO,
         m: &TableMetadata,
         table: &str,
         snapshot: &Snapshot,
-    ) -> Result<Arc<Vec<ManifestFile>>, MaintainError> {
+    ) -> Result<Vec<ManifestFile>, MaintainError> {
         let path = snapshot.manifest_list();
-        if let Some(l) = self.lists.get(path) {
-            return Ok(l.clone());
-        }
         let read = |e: iceberg::Error| MaintainError::io(table, "reading manifest list", path, e);
         let bytes = io.new_input(path).map_err(read)?.read().await.map_err(read)?;
         let list = ManifestList::parse_with_version(&bytes, m.format_version()).map_err(|e| {
@@ -136,7 +134,22 @@ impl ManifestCache {
                 ),
             )
         })?;
-        let list = Arc::new(list.consume_entries().into_iter().collect::<Vec<_>>());
+        Ok(list.consume_entries().into_iter().collect())
+    }
+
+    /// The manifests a snapshot's manifest list names.
+    pub async fn list(
+        &mut self,
+        io: &FileIO,
+        m: &TableMetadata,
+        table: &str,
+        snapshot: &Snapshot,
+    ) -> Result<Arc<Vec<ManifestFile>>, MaintainError> {
+        let path = snapshot.manifest_list();
+        if let Some(l) = self.lists.get(path) {
+            return Ok(l.clone());
+        }
+        let list = Arc::new(Self::list_once(io, m, table, snapshot).await?);
         self.lists.insert(path.to_owned(), list.clone());
         Ok(list)
     }

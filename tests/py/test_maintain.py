@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 from conftest import duckdb_connect
+from test_trino import trino_server, trino_table  # noqa: F401 - fixtures of the Trino test below
 
 DDL = (
     "CREATE TABLE events (id BIGINT, ts TIMESTAMP(6) WITH TIME ZONE, payload VARCHAR) "
@@ -186,3 +187,44 @@ def test_scheduled_compaction_beside_a_loader_under_load(tmp_path, floe_bin, kaf
     files = live_files(table)
     assert len(files) < committed, f"{len(files)} data files after compaction, {committed} commits"
     print(f"{committed} loader commits, {len(replaces)} replace snapshots still in the history, {len(files)} live files")
+
+
+def test_floe_and_trino_maintenance_while_floe_ingests(trino_table):
+    """floe's maintenance and Trino's on one table while floe's loader keeps ingesting: floe
+    compacts around Trino's position deletes (never bringing deleted rows back), Trino optimizes
+    floe's compacted table, floe expires everything Trino and floe left; every id is counted
+    through Trino and pyiceberg afterwards (test_trino.Ingesting)."""
+    from test_trino import Ingesting, instant
+
+    tt = trino_table("fmaint")
+    run = Ingesting(tt, "fmaint", seeded=20_000, spread="3d")
+
+    def floe(*args: str) -> str:
+        p = run.p.floe("maintain", *args, timeout=300)
+        assert p.returncode == 0, f"floe maintain {args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+        run.log.append(f"floe maintain {' '.join(args)}: {p.stdout.strip()}")
+        return p.stdout
+
+    out = floe("compact", "--target-file-size", "4MiB")
+    assert "committed snapshot" in out, out
+    run.floe_commits_again("floe's compaction")
+
+    stamps = {rid: instant(r["timestamp"]) for rid, r in run.seeded.records.items()}
+    cutoff = sorted(stamps.values())[len(stamps) * 2 // 5]
+    removed = {rid for rid, ts in stamps.items() if ts < cutoff}
+    cutoff_sql = cutoff.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+    res = run.trino(f"DELETE FROM {{t}} WHERE timestamp < TIMESTAMP '{cutoff_sql}'")
+    assert res.update_count == len(removed)
+    run.floe_commits_again("Trino's delete")
+    # Files Trino's position deletes apply to are left alone; the rest is compacted.
+    floe("compact", "--target-file-size", "4MiB")
+    run.floe_commits_again("floe's compaction around the deletes")
+    assert tt.q("SELECT count(*) FROM {t} WHERE id IN (" + ",".join(map(str, sorted(removed)[:500])) + ")").scalar() == 0
+
+    run.trino("ALTER TABLE {t} EXECUTE optimize")
+    run.floe_commits_again("Trino's optimize")
+    floe("compact", "--target-file-size", "4MiB")
+    floe("expire-snapshots", "--older-than", "0s", "--retain-last", "1")
+    run.floe_commits_again("floe's expiry")
+    floe("remove-orphans", "--older-than", "1h")
+    run.finish(removed)
