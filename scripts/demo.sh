@@ -85,4 +85,6 @@ say "querying the table (floe query, DataFusion over the Iceberg table)"
 
 say "done"
 echo "The table is in $DEMO/data (catalog.db + warehouse/); 'floe --config $DEMO/floe.toml table describe' shows its ledger."
-$keep && echo "Kafka keeps running at $BOOTSTRAP; stop it with: scripts/kafka.sh stop $DEMO/kafka"
+if $keep; then
+  echo "Kafka keeps running at $BOOTSTRAP; stop it with: scripts/kafka.sh stop $DEMO/kafka"
+fi
