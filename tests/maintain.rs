@@ -245,6 +245,15 @@ async fn compaction_after_300_commits_packs_partitions_and_keeps_every_row() {
         }
     }
     assert!(before_numbers.keys().all(|p| !merged.data.contains_key(p)), "no compacted file came back");
+    // The manifests that only recorded the first compaction's deletes are gone from the list.
+    let current = fx.engine.load().await.unwrap().metadata.current_snapshot_id();
+    for mf in &merged.manifests {
+        assert!(
+            mf.added_files_count != Some(0) || mf.existing_files_count != Some(0) || Some(mf.added_snapshot_id) == current,
+            "{} lists only deletes of an earlier snapshot",
+            mf.manifest_path
+        );
+    }
     assert_eq!(scan(&fx).await.len(), 6005);
 }
 

@@ -167,9 +167,17 @@ pub fn merge_bins(manifests: &[ManifestFile], target: u64) -> Vec<Vec<usize>> {
     bins
 }
 
+/// A data manifest of an earlier snapshot that lists no live file, only deletes: a merge drops
+/// it (the deletes stay recorded in the snapshot that made them).
+fn only_deletes(mf: &ManifestFile) -> bool {
+    mf.content == ManifestContentType::Data
+        && mf.added_files_count == Some(0)
+        && mf.existing_files_count == Some(0)
+}
+
 /// Whether merging would leave fewer manifests than there are.
 fn merge_reduces(manifests: &[ManifestFile], target: u64) -> bool {
-    merge_bins(manifests, target).iter().any(|b| b.len() > 1)
+    manifests.iter().any(only_deletes) || merge_bins(manifests, target).iter().any(|b| b.len() > 1)
 }
 
 impl Operation for Rewrite {
@@ -292,10 +300,15 @@ impl Rewrite {
             let entries = self.cache.entries(file_io, &table, mf).await?;
             lists_removed[i] = entries.iter().any(|e| e.is_alive() && removed.contains(e.file_path()));
         }
+        let dead: Vec<bool> = manifests.iter().map(|mf| self.merge_manifests && only_deletes(mf)).collect();
         let mut bins: Vec<Vec<usize>> = if self.merge_manifests {
             merge_bins(manifests, self.manifest_target_size)
                 .into_iter()
-                .filter(|b| b.len() > 1 || lists_removed[b[0]])
+                .map(|mut b| {
+                    b.retain(|i| !dead[*i]);
+                    b
+                })
+                .filter(|b| !b.is_empty() && (b.len() > 1 || lists_removed[b[0]]))
                 .collect()
         } else {
             (0..manifests.len()).filter(|i| lists_removed[*i]).map(|i| vec![i]).collect()
@@ -335,6 +348,10 @@ impl Rewrite {
         let mut found = 0usize;
         let mut rewritten = 0usize;
         for (i, mf) in manifests.iter().enumerate() {
+            if dead[i] {
+                rewritten += 1;
+                continue;
+            }
             if !in_bin[i] {
                 new_list.push(mf.clone());
                 continue;
