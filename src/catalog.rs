@@ -115,7 +115,8 @@ impl Catalog {
         }
         let pool = AnyPoolOptions::new()
             .max_connections(4)
-            .acquire_timeout(Duration::from_secs(10))
+            // Short: an outage is reported (with its cause) within seconds, and retried by the caller.
+            .acquire_timeout(Duration::from_secs(3))
             .connect(&uri.connect_string())
             .await
             .map_err(|e| CatalogError::Unavailable {
@@ -193,9 +194,17 @@ impl Catalog {
     }
 
     fn unavailable(&self, e: impl std::fmt::Display) -> CatalogError {
+        let mut message = e.to_string();
+        // The pool only says that it timed out; say why no connection could be made.
+        if message.contains("timed out")
+            && let CatalogUri::Postgres(uri) = &self.uri
+            && let Some(cause) = probe_tcp(uri)
+        {
+            message = format!("{message}: {cause}");
+        }
         CatalogError::Unavailable {
             uri: self.uri.to_string(),
-            message: e.to_string(),
+            message,
         }
     }
 
@@ -429,5 +438,19 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
                 || db.code().is_some_and(|c| c == "23505" || c == "1555" || c == "2067")
         }
         _ => false,
+    }
+}
+
+/// Why a TCP connection to the database server of `uri` cannot be made, if it cannot (a quick,
+/// synchronous probe for error messages: "connection refused" says more than "pool timed out").
+fn probe_tcp(uri: &str) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let url = url::Url::parse(uri).ok()?;
+    let host = url.host_str()?.to_owned();
+    let port = url.port().unwrap_or(5432);
+    let addr = (host.as_str(), port).to_socket_addrs().ok()?.next()?;
+    match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        Ok(_) => None,
+        Err(e) => Some(format!("connecting to {host}:{port}: {e}")),
     }
 }

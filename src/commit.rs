@@ -179,6 +179,9 @@ pub struct Append {
     pub commit_id: String,
     /// Other table properties written in the same commit (e.g. dead-letter topic positions).
     pub properties: HashMap<String, String>,
+    /// Extra snapshot summary entries (e.g. `floe.gaps`). A batch with some always makes a
+    /// snapshot, even without files, so that what they say stays in the table's history.
+    pub summary: HashMap<String, String>,
     /// Filled by `build`: the ledger this append writes.
     new_ledger: Option<Ledger>,
 }
@@ -192,6 +195,7 @@ impl Append {
             spec_id,
             commit_id: uuid::Uuid::now_v7().to_string(),
             properties: HashMap::new(),
+            summary: HashMap::new(),
             new_ledger: None,
         }
     }
@@ -253,7 +257,7 @@ impl Operation for Append {
         props.insert(ledger::property_key(&self.pipeline), ledger.to_property());
         let table = base.name.to_string();
         self.new_ledger = Some(ledger);
-        if self.files.is_empty() {
+        if self.files.is_empty() && self.summary.is_empty() {
             // Offsets advanced without rows (e.g. every record dead-lettered): a property-only
             // commit, no snapshot.
             let metadata = TableMetadataBuilder::new_from_metadata(
@@ -278,6 +282,7 @@ impl Operation for Append {
             (ledger::SUMMARY_COMMIT_ID.to_owned(), self.commit_id.clone()),
         ]);
         extra.insert("floe.version".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
+        extra.extend(self.summary.clone());
         let (metadata, attempt_files) = build_snapshot(
             base,
             file_io,
@@ -296,7 +301,7 @@ impl Operation for Append {
 
     fn committed(&mut self, new: &LoadedTable, attempts: u32) -> AppendOutcome {
         AppendOutcome::Committed {
-            snapshot_id: (!self.files.is_empty())
+            snapshot_id: (!self.files.is_empty() || !self.summary.is_empty())
                 .then(|| new.metadata.current_snapshot().map(|s| s.snapshot_id()))
                 .flatten(),
             metadata_location: new.metadata_location.clone(),

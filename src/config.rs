@@ -268,14 +268,51 @@ pub enum CatalogKind {
 }
 
 /// What to read.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     #[serde(default)]
     pub topics: Vec<String>,
-    /// Where a partition starts when neither the table's ledger nor the consumer group knows it.
+    /// Where a partition starts when neither the table's ledger nor the consumer group knows it,
+    /// for the partitions present when the pipeline first starts. A partition that appears later
+    /// (added to a topic the pipeline already reads) always starts at its beginning.
     #[serde(default)]
     pub start: StartPosition,
+    /// What to do when the ledger points outside the partition's log (retention deleted records
+    /// floe had not read yet, or the topic was recreated): stop (default) or resume at the log's
+    /// start, recording the lost range in the table's history.
+    #[serde(default)]
+    pub on_data_loss: OnDataLoss,
+    /// How often the topics' partitions are looked up, so that partitions added to a topic are
+    /// read within this long (librdkafka's `topic.metadata.refresh.interval.ms`).
+    #[serde(default = "default_partition_discovery", with = "human_duration")]
+    pub partition_discovery: Duration,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            topics: Vec::new(),
+            start: StartPosition::default(),
+            on_data_loss: OnDataLoss::default(),
+            partition_discovery: default_partition_discovery(),
+        }
+    }
+}
+
+fn default_partition_discovery() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `source.on_data_loss` (after Spark's `failOnDataLoss`, true by default).
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDataLoss {
+    /// Stop with an error naming the partition, the ledger offset and the log's bounds.
+    #[default]
+    Fail,
+    /// Log an ERROR, resume at the log's first offset and record the gap (`floe.gaps`).
+    Earliest,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -385,6 +422,12 @@ impl Config {
             return Err(invalid(format!(
                 "commit.interval = {:?} is too short; use at least \"100ms\" (typical: \"5s\")",
                 self.commit.interval
+            )));
+        }
+        if self.source.partition_discovery < Duration::from_secs(1) {
+            return Err(invalid(format!(
+                "source.partition_discovery = {:?} is too short; use at least \"1s\" (default \"30s\")",
+                self.source.partition_discovery
             )));
         }
         if self.commit.target_file_size < 1 << 20 {
@@ -672,7 +715,12 @@ const MANAGED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
     ),
     (
         "auto.offset.reset",
-        "use `source.start = \"earliest\"` or `\"latest\"` instead",
+        "floe never lets the client jump to another offset silently; use `source.start = \"earliest\"` \
+         or `\"latest\"` for new partitions and `source.on_data_loss` for a ledger outside the log",
+    ),
+    (
+        "topic.metadata.refresh.interval.ms",
+        "use `source.partition_discovery = \"30s\"` (how soon partitions added to a topic are read)",
     ),
 ];
 
@@ -700,6 +748,15 @@ impl KafkaProperties {
             if self.0.contains_key(*key) {
                 return Err(format!("kafka.\"{key}\" cannot be set: {why}"));
             }
+        }
+        if let Some(level) = self.0.get("isolation.level").map(KafkaValue::as_string)
+            && level != "read_committed"
+        {
+            return Err(format!(
+                "kafka.\"isolation.level\" = {level:?} cannot be used: floe reads only committed records \
+                 (read_committed), so that records of aborted transactions never reach the table; remove \
+                 the property"
+            ));
         }
         if self.0.keys().any(|k| k.trim().is_empty()) {
             return Err("kafka: an empty property name".into());
@@ -1105,6 +1162,33 @@ mod tests {
         assert!(e.contains("floe commits consumer offsets itself"), "{e}");
         let e = err("[kafka]\n\"auto.offset.reset\" = \"earliest\"\n");
         assert!(e.contains("source.start"), "{e}");
+        assert!(e.contains("source.on_data_loss"), "{e}");
+        let e = err("[kafka]\n\"isolation.level\" = \"read_uncommitted\"\n");
+        assert!(e.contains("read_committed") && e.contains("aborted transactions"), "{e}");
+        let e = err("[kafka]\n\"topic.metadata.refresh.interval.ms\" = 1000\n");
+        assert!(e.contains("source.partition_discovery"), "{e}");
+        // Saying what floe does anyway is allowed.
+        let c = Config::parse("[kafka]\n\"isolation.level\" = \"read_committed\"\n", "t", &|_| None).unwrap();
+        assert_eq!(c.kafka.get("isolation.level"), Some("read_committed"));
+    }
+
+    #[test]
+    fn source_data_loss_and_discovery() {
+        let c = Config::defaults();
+        assert_eq!(c.source.on_data_loss, OnDataLoss::Fail);
+        assert_eq!(c.source.partition_discovery, Duration::from_secs(30));
+        let c = Config::parse(
+            "[source]\non_data_loss = \"earliest\"\npartition_discovery = \"5s\"\n",
+            "t",
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(c.source.on_data_loss, OnDataLoss::Earliest);
+        assert_eq!(c.source.partition_discovery, Duration::from_secs(5));
+        let e = err("[source]\non_data_loss = \"latest\"\n");
+        assert!(e.contains("on_data_loss") || e.contains("fail"), "{e}");
+        let e = err("[source]\npartition_discovery = \"10ms\"\n");
+        assert!(e.contains("partition_discovery"), "{e}");
     }
 
     #[test]

@@ -3,9 +3,13 @@
 //!
 //! Dead letters are written before the table commit that moves the ledger past them. A crash in
 //! between makes the batch be read again, so each destination remembers what it already holds:
-//! - Kafka topic: the main commit records the dead-letter topic's end offsets
-//!   (`floe.dead-letters.<pipeline>`); before writing, floe reads the topic from those offsets and
-//!   skips records whose coordinates (source topic, partition, offset) are already there.
+//! - Kafka topic: the main commit records, per source partition, where in the dead-letter topic
+//!   the dead letters of that partition's next offsets can start
+//!   (`floe.dead-letters.<pipeline>.<topic>.<partition>`); before writing, floe checks the fence on
+//!   the table it loaded, reads the topic from those positions and skips records whose coordinates
+//!   (source topic, partition, offset) are already there. A process that writes dead letters and
+//!   dies before its commit leaves them past the recorded position of their partition, where the
+//!   next owner finds them.
 //! - Iceberg table: it has its own ledger for the pipeline, committed with the dead-letter rows
 //!   through the same commit engine and fence; records below its ledger are already in it.
 
@@ -118,8 +122,16 @@ pub struct KafkaDeadLetters {
     producer: FutureProducer,
 }
 
-/// End offsets of the dead-letter topic's partitions.
+/// Offsets in the dead-letter topic, per dead-letter partition.
 pub type Positions = BTreeMap<i32, i64>;
+
+/// A dead letter found in the topic: the source record's coordinates and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Found {
+    source: (String, i32, i64),
+    partition: i32,
+    offset: i64,
+}
 
 impl KafkaDeadLetters {
     pub fn new(props: &KafkaProperties, topic: &str, pipeline: &str) -> Result<Self, DeadLetterError> {
@@ -141,8 +153,16 @@ impl KafkaDeadLetters {
         &self.topic
     }
 
-    /// The table property holding this pipeline's positions in the dead-letter topic.
-    pub fn positions_key(&self) -> String {
+    /// The main-table property holding, for one source partition, where in the dead-letter topic
+    /// a scan must start to see every dead letter of that partition past its ledger offset. One
+    /// property per source partition, so processes that own different partitions never overwrite
+    /// each other's positions (DESIGN.md §3).
+    pub fn positions_key(&self, tp: &TopicPartition) -> String {
+        format!("{DLQ_POSITIONS_PREFIX}{}.{}.{}", self.pipeline, tp.topic, tp.partition)
+    }
+
+    /// Before positions were kept per source partition: one property per pipeline.
+    fn legacy_positions_key(&self) -> String {
         format!("{DLQ_POSITIONS_PREFIX}{}", self.pipeline)
     }
 
@@ -153,10 +173,35 @@ impl KafkaDeadLetters {
         }
     }
 
-    /// Writes the dead letters that the topic does not hold yet (past `since`, the positions at
-    /// the last commit) and returns the topic's end offsets afterwards, for the commit to record.
-    pub async fn write(&self, letters: &[DeadLetter], since: &Positions) -> Result<Positions, DeadLetterError> {
-        let present = self.already_written(since).await?;
+    /// Writes the batch's dead letters that the topic does not hold yet and returns the main-table
+    /// properties to commit with the batch: for every source partition of `ranges`, the new scan
+    /// position. `props` are the main table's properties the batch's fence was checked on.
+    pub async fn write(
+        &self,
+        letters: &[DeadLetter],
+        ranges: &[OffsetRange],
+        props: &HashMap<String, String>,
+    ) -> Result<HashMap<String, String>, DeadLetterError> {
+        let bounds = self.bounds().await?;
+        let legacy = positions_from(props, &self.legacy_positions_key());
+        let since: Vec<Positions> = ranges
+            .iter()
+            .map(|r| {
+                props
+                    .get(&self.positions_key(&r.tp))
+                    .and_then(|v| serde_json::from_str(v).ok())
+                    .unwrap_or_else(|| legacy.clone())
+            })
+            .collect();
+        // Scan from the earliest position any of the batch's partitions needs, but never below
+        // what the topic still holds (retention may have removed older dead letters).
+        let mut scan: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+        for (p, (low, high)) in &bounds {
+            let from = since.iter().map(|s| s.get(p).copied().unwrap_or(0)).min().unwrap_or(0);
+            scan.insert(*p, (from.clamp(*low, *high), *high));
+        }
+        let found = self.scan(&scan).await?;
+        let present: HashSet<&(String, i32, i64)> = found.iter().map(|f| &f.source).collect();
         let todo: Vec<&DeadLetter> = letters.iter().filter(|l| !present.contains(&l.coordinates())).collect();
         // Enqueued all at once (idempotence keeps their order), then every acknowledgement awaited.
         let sends = todo.iter().map(|letter| {
@@ -189,48 +234,69 @@ impl KafkaDeadLetters {
             }
             self.producer.send(record, Duration::from_secs(60))
         });
-        futures::future::try_join_all(sends).await.map_err(|(e, _)| self.err(e))?;
+        let acks = futures::future::try_join_all(sends).await.map_err(|(e, _)| self.err(e))?;
         let written = todo.len();
         if written > 0 {
             tracing::info!(topic = %self.topic, written, skipped = letters.len() - written, "dead letters written");
         }
-        self.end_offsets().await
+        // Where the topic ends now, as far as this batch knows.
+        let mut after: Positions = scan.iter().map(|(p, (_, high))| (*p, *high)).collect();
+        for delivery in &acks {
+            let (p, o) = (delivery.partition, delivery.offset);
+            let e = after.entry(p).or_insert(0);
+            *e = (*e).max(o + 1);
+        }
+        // A source partition's next scan starts past everything seen, except dead letters of its
+        // offsets beyond this batch (a crashed process read further): those must be seen again.
+        let mut out = HashMap::new();
+        for r in ranges {
+            let mut next = after.clone();
+            for f in &found {
+                if f.source.0 == r.tp.topic && f.source.1 == r.tp.partition && f.source.2 >= r.end {
+                    let e = next.entry(f.partition).or_insert(f.offset);
+                    *e = (*e).min(f.offset);
+                }
+            }
+            out.insert(self.positions_key(&r.tp), serde_json::to_string(&next).expect("positions serialize"));
+        }
+        Ok(out)
     }
 
-    /// Coordinates of this pipeline's dead letters already in the topic past `since`.
-    async fn already_written(&self, since: &Positions) -> Result<HashSet<(String, i32, i64)>, DeadLetterError> {
-        let ends = self.end_offsets().await?;
+    /// This pipeline's dead letters in the topic within `scan` (per partition: from, end).
+    async fn scan(&self, scan: &BTreeMap<i32, (i64, i64)>) -> Result<Vec<Found>, DeadLetterError> {
         let mut tpl = TopicPartitionList::new();
         let mut remaining = 0i64;
-        let starts: HashMap<i32, i64> = ends.keys().map(|p| (*p, since.get(p).copied().unwrap_or(0))).collect();
-        for (p, end) in &ends {
-            let start = starts[p];
-            if start < *end {
-                tpl.add_partition_offset(&self.topic, *p, Offset::Offset(start))
+        for (p, (from, end)) in scan {
+            if from < end {
+                tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*from))
                     .map_err(|e| self.err(e))?;
-                remaining += end - start;
+                remaining += end - from;
             }
         }
         if remaining == 0 {
-            return Ok(HashSet::new());
+            return Ok(Vec::new());
         }
         let mut cc = crate::kafka::client_config(&self.props);
         cc.set("group.id", format!("floe-dead-letter-scan-{}", uuid::Uuid::new_v4()))
             .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Records removed by retention while scanning: go on from what is left.
+            .set("auto.offset.reset", "earliest");
+        cc.remove("group.instance.id");
         let consumer: BaseConsumer = cc.create().map_err(|e| self.err(e))?;
         consumer.assign(&tpl).map_err(|e| self.err(e))?;
         let pipeline = self.pipeline.clone();
         let topic = self.topic.clone();
+        let mut positions: HashMap<i32, i64> = scan.iter().map(|(p, (from, _))| (*p, *from)).collect();
+        let ends: HashMap<i32, i64> = scan.iter().map(|(p, (_, end))| (*p, *end)).collect();
         tokio::task::spawn_blocking(move || {
-            let mut found = HashSet::new();
-            let mut positions = starts;
+            let mut found = Vec::new();
             let deadline = std::time::Instant::now() + Duration::from_secs(120);
             while ends.iter().any(|(p, end)| positions[p] < *end) {
                 if std::time::Instant::now() > deadline {
                     return Err(DeadLetterError::Kafka {
                         topic,
-                        message: "timed out reading back the dead-letter topic".into(),
+                        message: format!("timed out reading back the dead-letter topic (at {positions:?}, ends {ends:?})"),
                     });
                 }
                 let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
@@ -249,7 +315,11 @@ impl KafkaDeadLetters {
                 if let (Some(t), Some(p), Some(o)) = (h(H_TOPIC), h(H_PARTITION), h(H_OFFSET))
                     && let (Ok(p), Ok(o)) = (p.parse(), o.parse())
                 {
-                    found.insert((t, p, o));
+                    found.push(Found {
+                        source: (t, p, o),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    });
                 }
             }
             Ok(found)
@@ -258,22 +328,23 @@ impl KafkaDeadLetters {
         .map_err(|e| self.err(e))?
     }
 
-    /// The topic's high watermarks.
-    async fn end_offsets(&self) -> Result<Positions, DeadLetterError> {
-        let cc = crate::kafka::client_config(&self.props);
+    /// The topic's partitions with their first and next offsets.
+    async fn bounds(&self) -> Result<BTreeMap<i32, (i64, i64)>, DeadLetterError> {
+        let mut cc = crate::kafka::client_config(&self.props);
+        cc.remove("group.instance.id");
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer = cc.create().map_err(|e| e.to_string())?;
             let md = consumer
                 .fetch_metadata(Some(&topic), Duration::from_secs(10))
                 .map_err(|e| e.to_string())?;
-            let mut out = Positions::new();
+            let mut out = BTreeMap::new();
             for t in md.topics() {
                 for p in t.partitions() {
-                    let (_, high) = consumer
+                    let bounds = consumer
                         .fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
                         .map_err(|e| e.to_string())?;
-                    out.insert(p.id(), high);
+                    out.insert(p.id(), bounds);
                 }
             }
             Ok::<_, String>(out)
@@ -284,7 +355,7 @@ impl KafkaDeadLetters {
     }
 }
 
-/// Reads the recorded positions from the main table's properties.
+/// Reads recorded positions from the main table's properties.
 pub fn positions_from(props: &HashMap<String, String>, key: &str) -> Positions {
     props
         .get(key)

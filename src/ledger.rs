@@ -154,10 +154,19 @@ pub fn all_ledgers(
         .collect()
 }
 
+/// Snapshot summary key: offsets the pipeline could not read because the log no longer held
+/// them, `topic/partition:needed->resumed,...` (DESIGN.md §1: data loss is never hidden).
+pub const SUMMARY_GAPS: &str = "floe.gaps";
+/// Snapshot summary key: the batch's dead letters by kind, `not-json=2,wrong-type=1`.
+pub const SUMMARY_DEAD_LETTERS: &str = "floe.dead-letters";
+
 /// The audit form of ranges for a snapshot summary: `topic/partition:first-end` (end exclusive).
+/// Ranges that cover no offset (a partition's start recorded before anything was read) are left
+/// out.
 pub fn ranges_summary(ranges: &[OffsetRange]) -> String {
     ranges
         .iter()
+        .filter(|r| r.first < r.end)
         .map(|r| format!("{}:{}-{}", r.tp, r.first, r.end))
         .collect::<Vec<_>>()
         .join(",")
@@ -226,6 +235,8 @@ mod tests {
             OffsetRange { tp: TopicPartition::new("t", 2), expected: None, first: 7, end: 9 },
         ];
         assert_eq!(ranges_summary(&r), "t/0:100-150,t/2:7-9");
+        let pinned = OffsetRange { tp: TopicPartition::new("t", 3), expected: None, first: 40, end: 40 };
+        assert_eq!(ranges_summary(&[pinned]), "");
     }
 
     proptest! {

@@ -7,9 +7,15 @@
 //!   still says that (the fence, checked by the commit engine on the exact base metadata);
 //! - the ledger advances in the same commit as the rows;
 //! - after a fenced commit, every buffered record is dropped and each partition re-reads from the
-//!   ledger; records already in flight from before the seek are ignored until the seek is confirmed.
+//!   ledger under a new epoch; records read under an older epoch (in flight from before the seek or
+//!   an earlier assignment) are dropped when they arrive.
+//!
+//! And one more promise (DESIGN.md §1): a partition never moves silently. A ledger outside the
+//! partition's log stops the pipeline or, when configured, resumes at the log start with the gap
+//! recorded in the table's history; a partition that appears while the pipeline runs starts at its
+//! beginning.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -17,11 +23,11 @@ use tokio::sync::mpsc;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::commit::{Append, AppendOutcome, CommitEngine, CommitError};
-use crate::config::{Config, StartPosition, TableName};
+use crate::config::{Config, OnDataLoss, StartPosition, TableName};
 use crate::deadletter::{DeadLetter, KafkaDeadLetters, RatioValve, TableDeadLetters};
 use crate::decode::{DecodeOptions, Decoder, Origin, RecordError};
 use crate::ledger::{Ledger, OffsetRange, TopicPartition};
-use crate::source::{self, Command, Event, Record, StartAt};
+use crate::source::{self, AssignedPartition, Command, Epoch, Event, OutOfRange, Record, StartAt};
 
 /// Why the loader stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +57,8 @@ pub enum LoadError {
     },
     #[error("the Kafka consumer thread stopped unexpectedly")]
     ConsumerGone,
+    #[error("{}", data_loss_message(.0))]
+    DataLoss(Box<DataLoss>),
     #[error(transparent)]
     DeadLetter(#[from] crate::deadletter::DeadLetterError),
     #[error(
@@ -67,6 +75,58 @@ pub enum LoadError {
     },
 }
 
+/// A partition whose ledger points outside its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataLoss {
+    pub pipeline: String,
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset floe must read (the table's ledger, or where this run had got to).
+    pub needed: i64,
+    /// The log's first offset and its end (next offset to be written).
+    pub low: i64,
+    pub high: i64,
+}
+
+impl DataLoss {
+    /// What happened to the records, in words.
+    fn what(&self) -> String {
+        if self.needed < self.low {
+            format!(
+                "offsets {}..{} were deleted from the log (retention, or an administrator deleting \
+                 records) before floe read them",
+                self.needed,
+                self.low - 1
+            )
+        } else {
+            format!(
+                "the ledger is beyond the end of the log ({}): the topic was probably deleted and \
+                 recreated, so its offsets started again",
+                self.high
+            )
+        }
+    }
+}
+
+fn data_loss_message(d: &DataLoss) -> String {
+    format!(
+        "topic {topic} partition {partition}: pipeline {pipeline:?} must read offset {needed} next, \
+         but the partition's log holds offsets {low} to {high} (end exclusive): {what}. floe stopped \
+         (source.on_data_loss = \"fail\"); nothing of this partition past offset {needed} was \
+         committed and the ledger is unchanged. Ways forward: accept the loss with \
+         `source.on_data_loss = \"earliest\"` under [source] and restart (floe resumes at offset {low}, \
+         logs the lost range and records it as `floe.gaps` in the table's history), or bring the \
+         records back (produce them into the topic again) and restart.",
+        topic = d.topic,
+        partition = d.partition,
+        pipeline = d.pipeline,
+        needed = d.needed,
+        low = d.low,
+        high = d.high,
+        what = d.what(),
+    )
+}
+
 /// What a finished run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RunReport {
@@ -79,24 +139,36 @@ pub struct RunReport {
 /// One partition's position.
 #[derive(Debug, Clone)]
 struct PartitionState {
+    /// Records, positions and seek confirmations of other epochs are dropped.
+    epoch: Epoch,
     /// What the ledger said when this batch started reading (None: not in the ledger).
     expected: Option<i64>,
     /// First offset buffered in the current batch.
     first: Option<i64>,
     /// Next offset to read after the buffered records.
     next: Option<i64>,
-    /// A seek was requested; records are ignored until it is confirmed.
-    awaiting_seek: bool,
+    /// The batch must commit this partition even without records: its position moved past
+    /// offsets that hold none (transaction markers), or its start must be recorded.
+    moved: bool,
+    /// Offsets the log no longer held when this batch needed them: (needed, resumed at).
+    gaps: Vec<(i64, i64)>,
 }
 
 impl PartitionState {
-    fn new(expected: Option<i64>) -> Self {
+    fn new(epoch: Epoch, expected: Option<i64>) -> Self {
         PartitionState {
+            epoch,
             expected,
             first: None,
             next: expected,
-            awaiting_seek: false,
+            moved: false,
+            gaps: Vec::new(),
         }
+    }
+
+    /// Whether the current batch has something to commit for this partition.
+    fn pending(&self) -> bool {
+        self.first.is_some() || self.moved
     }
 }
 
@@ -105,6 +177,85 @@ pub struct Loader {
     config: Config,
     pipeline: String,
     engine: CommitEngine,
+}
+
+/// This process's static group membership (`group.instance.id`): a process restarted after a
+/// crash rejoins as the member it was and gets its partitions back at once, instead of waiting
+/// for the dead member's session to time out. The id is derived from the pipeline, the host, the
+/// data directory and the first free slot of that directory, so that several processes on one
+/// host get different ids and a restarted one gets its predecessor's. The slot's lock is held as
+/// long as this value lives (the kernel releases it when a process dies).
+pub struct Membership {
+    pub instance_id: String,
+    /// Whether the id was derived (not configured).
+    pub derived: bool,
+    _lock: Option<std::fs::File>,
+}
+
+/// Slots tried per pipeline, host and data directory.
+const MAX_INSTANCE_SLOTS: usize = 64;
+
+impl Membership {
+    /// The configured `group.instance.id`, or a derived one.
+    pub fn claim(config: &Config, pipeline: &str) -> Result<Membership, LoadError> {
+        if let Some(id) = config.kafka.get("group.instance.id") {
+            return Ok(Membership {
+                instance_id: id.to_owned(),
+                derived: false,
+                _lock: None,
+            });
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        let dir = config.data_dir.join("instances");
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            LoadError::Config(format!(
+                "cannot create {} (for this process's group membership lock): {e}; check data_dir",
+                dir.display()
+            ))
+        })?;
+        let place = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+        let place_hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            place.hash(&mut h);
+            h.finish() & 0xffff_ffff
+        };
+        let safe: String = pipeline
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+            .collect();
+        for slot in 0..MAX_INSTANCE_SLOTS {
+            let path = dir.join(format!("{safe}.{slot}.lock"));
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| LoadError::Config(format!("cannot open {}: {e}", path.display())))?;
+            match file.try_lock() {
+                Ok(()) => {
+                    return Ok(Membership {
+                        instance_id: format!("floe-{safe}-{host}-{place_hash:08x}-{slot}"),
+                        derived: true,
+                        _lock: Some(file),
+                    });
+                }
+                Err(std::fs::TryLockError::WouldBlock) => continue,
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(LoadError::Config(format!("cannot lock {}: {e}", path.display())));
+                }
+            }
+        }
+        Err(LoadError::Config(format!(
+            "{MAX_INSTANCE_SLOTS} floe processes of pipeline {pipeline:?} already run with data_dir {}; \
+             set kafka \"group.instance.id\" yourself to run more",
+            config.data_dir.display()
+        )))
+    }
 }
 
 impl Loader {
@@ -143,13 +294,30 @@ impl Loader {
     /// Runs until `shutdown` resolves (then commits what is buffered and returns) or a permanent
     /// error occurs.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<RunReport, LoadError> {
+        let membership = Membership::claim(&self.config, &self.pipeline)?;
+        let mut client = crate::kafka::client_config(&self.config.kafka);
+        client.set("group.instance.id", &membership.instance_id);
+        client.set(
+            "topic.metadata.refresh.interval.ms",
+            self.config.source.partition_discovery.as_millis().to_string(),
+        );
+        let session_timeout = self
+            .config
+            .kafka
+            .iter()
+            .find(|(k, _)| *k == "session.timeout.ms")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_secs(45));
         let (tx, mut events) = mpsc::channel(16);
-        let (commands, consumer) = source::spawn(
-            crate::kafka::client_config(&self.config.kafka),
-            self.config.source.topics.clone(),
-            tx,
-        )
-        .map_err(|e| LoadError::Config(format!("creating the Kafka consumer: {e}")))?;
+        let (commands, consumer) = source::spawn(client, self.config.source.topics.clone(), tx)
+            .map_err(|e| LoadError::Config(format!("creating the Kafka consumer: {e}")))?;
+        tracing::info!(
+            group = self.config.kafka.get("group.id").unwrap_or_default(),
+            instance = %membership.instance_id,
+            derived = membership.derived,
+            "joining the consumer group as a static member"
+        );
         let table = self.engine.load().await?;
         let decoder = Decoder::new(table.metadata.current_schema(), DecodeOptions::default())
             .map_err(|e| LoadError::Config(e.to_string()))?;
@@ -187,6 +355,12 @@ impl Loader {
             engine: self.engine,
             pipeline: self.pipeline,
             start: self.config.source.start,
+            on_data_loss: self.config.source.on_data_loss,
+            next_epoch: 1,
+            started_topics: BTreeSet::new(),
+            session_timeout,
+            waiting_since: Some(Instant::now()),
+            waiting_logged: None,
             interval: self.config.commit.interval,
             max_buffered: self.config.commit.max_buffered_bytes as usize,
             target_file_size: self.config.commit.target_file_size,
@@ -222,6 +396,7 @@ impl Loader {
             }
         }
         let _ = consumer.join();
+        drop(membership);
         match &result {
             Ok(r) => tracing::info!(records = r.records, commits = r.commits, "loader stopped"),
             Err(e) => tracing::error!(error = %e, "loader stopped on an error"),
@@ -234,6 +409,18 @@ struct State {
     engine: CommitEngine,
     pipeline: String,
     start: StartPosition,
+    on_data_loss: OnDataLoss,
+    /// The next partition epoch to hand out (0 is never used: the consumer tags records of
+    /// partitions it does not know with it).
+    next_epoch: Epoch,
+    /// Topics this run has been assigned partitions of: a partition of these that the ledger does
+    /// not know appeared while the pipeline runs, and starts at its beginning.
+    started_topics: BTreeSet<String>,
+    /// `session.timeout.ms`, for saying how long a wait for partitions may take.
+    session_timeout: Duration,
+    /// Since when this process holds no partition (None: it holds some).
+    waiting_since: Option<Instant>,
+    waiting_logged: Option<Instant>,
     interval: Duration,
     max_buffered: usize,
     target_file_size: u64,
@@ -281,6 +468,7 @@ impl State {
                 () = tokio::time::sleep_until(deadline), if !pending => {
                     // Idle: still notice schema changes, so the next records are read right.
                     self.last_commit = Instant::now();
+                    self.log_waiting();
                     let table = retrying!("loading the table", self.engine.load());
                     self.follow_schema(&table.metadata)?;
                 }
@@ -296,7 +484,31 @@ impl State {
     }
 
     fn has_pending(&self) -> bool {
-        !self.decoder.is_empty() || self.partitions.values().any(|p| p.first.is_some())
+        !self.decoder.is_empty() || self.partitions.values().any(PartitionState::pending)
+    }
+
+    /// Says what the loader waits for while the group gives it no partition: a restarted process
+    /// may wait until its dead predecessor's session times out (unless it rejoined as the same
+    /// static member), and an operator should not have to guess.
+    fn log_waiting(&mut self) {
+        let Some(since) = self.waiting_since else { return };
+        let waited = since.elapsed();
+        if waited < Duration::from_secs(5) || self.waiting_logged.is_some_and(|t| t.elapsed() < Duration::from_secs(15)) {
+            return;
+        }
+        self.waiting_logged = Some(Instant::now());
+        tracing::info!(
+            seconds = waited.as_secs(),
+            session_timeout_s = self.session_timeout.as_secs(),
+            "waiting for the consumer group to assign partitions: other members may hold them all, or a \
+             member that died still holds them until its session times out (session.timeout.ms)"
+        );
+    }
+
+    fn new_epoch(&mut self) -> Epoch {
+        let e = self.next_epoch;
+        self.next_epoch += 1;
+        e
     }
 
     async fn handle(&mut self, ev: Event) -> Result<(), LoadError> {
@@ -319,14 +531,33 @@ impl State {
                 for tp in &partitions {
                     self.partitions.remove(tp);
                 }
+                if self.partitions.is_empty() {
+                    self.waiting_since = Some(Instant::now());
+                }
                 tracing::info!(partitions = ?partitions.iter().map(ToString::to_string).collect::<Vec<_>>(), "partitions revoked");
                 let _ = done.send(());
             }
-            Event::Seeked(tps) => {
-                for tp in tps {
-                    if let Some(p) = self.partitions.get_mut(&tp) {
-                        p.awaiting_seek = false;
+            Event::Seeked(confirmed) => {
+                for (tp, epoch) in confirmed {
+                    tracing::debug!(partition = %tp, epoch, "seek made");
+                }
+            }
+            Event::Positions(positions) => {
+                for (tp, epoch, at) in positions {
+                    if let Some(p) = self.partitions.get_mut(&tp)
+                        && p.epoch == epoch
+                        && p.next.is_none_or(|n| at > n)
+                    {
+                        // Every record below `at` of this epoch was handed over: what lies between
+                        // holds nothing for the table (transaction markers, aborted records).
+                        p.next = Some(at);
+                        p.moved = true;
                     }
+                }
+            }
+            Event::OutOfRange(found) => {
+                for o in found {
+                    self.out_of_range(o).await?;
                 }
             }
             Event::Error(message) => {
@@ -342,35 +573,134 @@ impl State {
     }
 
     /// Where each newly assigned partition starts: the table's ledger, else the group's committed
-    /// offset, else the configured start.
-    async fn assign(
-        &mut self,
-        partitions: Vec<(TopicPartition, Option<i64>)>,
-    ) -> Result<Vec<(TopicPartition, StartAt)>, LoadError> {
+    /// offset, else the beginning for a partition that appeared while the pipeline runs, else the
+    /// configured start. A numeric start outside the partition's log is data loss (DESIGN.md §1).
+    async fn assign(&mut self, partitions: Vec<AssignedPartition>) -> Result<Vec<(TopicPartition, StartAt, Epoch)>, LoadError> {
         let ledger = self.ledger().await?;
+        let known_topics: BTreeSet<String> = ledger.entries().map(|(tp, _)| tp.topic).collect();
         let mut starts = Vec::new();
-        for (tp, committed) in partitions {
-            let (expected, start) = match (ledger.get(&tp), committed) {
-                (Some(o), _) => (Some(o), StartAt::Offset(o)),
-                (None, Some(c)) => (None, StartAt::Offset(c)),
-                (None, None) => (
-                    None,
-                    match self.start {
-                        StartPosition::Earliest => StartAt::Beginning,
-                        StartPosition::Latest => StartAt::End,
-                    },
-                ),
+        let mut lost = None;
+        for a in partitions {
+            let tp = a.tp;
+            let epoch = self.new_epoch();
+            let from_ledger = ledger.get(&tp);
+            let (mut start, mut reason) = match (from_ledger, a.committed) {
+                (Some(o), _) => (StartAt::Offset(o), "ledger"),
+                (None, Some(c)) => (StartAt::Offset(c), "group offset"),
+                (None, None) if known_topics.contains(&tp.topic) || self.started_topics.contains(&tp.topic) => {
+                    (StartAt::Beginning, "new partition")
+                }
+                (None, None) => match self.start {
+                    StartPosition::Earliest => (StartAt::Beginning, "source.start"),
+                    StartPosition::Latest => (StartAt::End, "source.start"),
+                },
             };
-            tracing::info!(partition = %tp, ?start, from_ledger = expected.is_some(), "partition assigned");
-            let mut state = PartitionState::new(expected);
-            if expected.is_none() {
-                // Unknown numeric start: the first record read sets it.
+            let mut state = PartitionState::new(epoch, from_ledger);
+            match (start, a.watermarks) {
+                (StartAt::Offset(o), Some((low, high))) if o < low || o > high => {
+                    let loss = DataLoss {
+                        pipeline: self.pipeline.clone(),
+                        topic: tp.topic.clone(),
+                        partition: tp.partition,
+                        needed: o,
+                        low,
+                        high,
+                    };
+                    match self.on_data_loss {
+                        OnDataLoss::Fail => {
+                            lost.get_or_insert(loss);
+                        }
+                        OnDataLoss::Earliest => {
+                            tracing::error!(
+                                partition = %tp,
+                                needed = o,
+                                resumed_at = low,
+                                "data loss: {}; resuming at the log's start (source.on_data_loss = \"earliest\"), \
+                                 recorded as floe.gaps in the next snapshot",
+                                loss.what()
+                            );
+                            state.gaps.push((o, low));
+                            state.moved = true;
+                            start = StartAt::Offset(low);
+                            reason = "log start after data loss";
+                        }
+                    }
+                }
+                (StartAt::End, Some((_, high))) => {
+                    // Pin `latest` to a number and record it with the next commit, so that a
+                    // restart starts this partition where this run did, not at a later end.
+                    start = StartAt::Offset(high);
+                    state.moved = true;
+                }
+                _ => {}
+            }
+            if let StartAt::Offset(o) = start {
+                state.next = Some(o);
+            } else {
+                // Unknown numeric start: the first record read (or position) sets it.
                 state.next = None;
             }
+            tracing::info!(partition = %tp, ?start, reason, from_ledger = from_ledger.is_some(), epoch, "partition assigned");
+            self.started_topics.insert(tp.topic.clone());
             self.partitions.insert(tp.clone(), state);
-            starts.push((tp, start));
+            starts.push((tp, start, epoch));
+        }
+        if let Some(loss) = lost {
+            // Commit what the other partitions hold, then stop: nothing of the lost partition
+            // moves, its ledger stays where it was.
+            for (tp, _, _) in &starts {
+                self.partitions.remove(tp);
+            }
+            self.flush().await?;
+            return Err(LoadError::DataLoss(Box::new(loss)));
+        }
+        if !starts.is_empty() {
+            self.waiting_since = None;
+            self.waiting_logged = None;
         }
         Ok(starts)
+    }
+
+    /// A partition's position turned out to be outside its log while reading (retention removed
+    /// records floe had not read, or a fence's seek went to an offset that is gone).
+    async fn out_of_range(&mut self, o: OutOfRange) -> Result<(), LoadError> {
+        let Some(p) = self.partitions.get(&o.tp) else { return Ok(()) };
+        if p.epoch != o.epoch {
+            return Ok(());
+        }
+        let loss = DataLoss {
+            pipeline: self.pipeline.clone(),
+            topic: o.tp.topic.clone(),
+            partition: o.tp.partition,
+            needed: o.position,
+            low: o.low,
+            high: o.high,
+        };
+        match self.on_data_loss {
+            OnDataLoss::Fail => {
+                // What was read before the gap is fine to commit; nothing after it was read.
+                self.flush().await?;
+                Err(LoadError::DataLoss(Box::new(loss)))
+            }
+            OnDataLoss::Earliest => {
+                tracing::error!(
+                    partition = %o.tp,
+                    needed = o.position,
+                    resumed_at = o.low,
+                    "data loss: {}; resuming at the log's start (source.on_data_loss = \"earliest\"), recorded \
+                     as floe.gaps in the next snapshot",
+                    loss.what()
+                );
+                let epoch = self.new_epoch();
+                let p = self.partitions.get_mut(&o.tp).expect("checked above");
+                p.epoch = epoch;
+                p.gaps.push((o.position, o.low));
+                p.next = Some(o.low);
+                p.moved = true;
+                let _ = self.commands.send(Command::Seek(vec![(o.tp, o.low, epoch)]));
+                Ok(())
+            }
+        }
     }
 
     async fn ledger(&self) -> Result<Ledger, LoadError> {
@@ -379,13 +709,19 @@ impl State {
             .map_err(|message| LoadError::Commit(CommitError::Invalid { table: table.name.to_string(), message }))
     }
 
+    /// Whether `tp` is still read in `epoch` (a flush in between may have fenced it).
+    fn live(&self, tp: &TopicPartition, epoch: Epoch) -> bool {
+        self.partitions.get(tp).is_some_and(|p| p.epoch == epoch)
+    }
+
     async fn record(&mut self, r: Record) -> Result<(), LoadError> {
         let tp = TopicPartition::new(&*r.topic, r.partition);
         let Some(p) = self.partitions.get_mut(&tp) else {
             // Not ours (revoked, or from before an assignment): it will be read by its owner.
             return Ok(());
         };
-        if p.awaiting_seek || p.next.is_some_and(|n| r.offset < n) {
+        if p.epoch != r.epoch || p.next.is_some_and(|n| r.offset < n) {
+            // Read before a seek or an assignment of this partition: it will be read again.
             return Ok(());
         }
         let origin = Origin {
@@ -404,6 +740,10 @@ impl State {
                     // this record again so its new values land too.
                     self.decoder.pop_last();
                     self.flush().await?;
+                    if !self.live(&tp, r.epoch) {
+                        // The flush was fenced: this record is read again after the seek.
+                        return Ok(());
+                    }
                     self.add_columns(new, &tp, r.offset).await?;
                     outcome = self.decoder.append(value, &origin);
                 } else if !self.evolve_limit_logged {
@@ -443,6 +783,10 @@ impl State {
                 p.first.get_or_insert(r.offset);
                 p.next = Some(r.offset);
                 self.flush().await?;
+                if !self.live(&tp, r.epoch) {
+                    // Fenced: another process owns these offsets; this one re-reads from the ledger.
+                    return Ok(());
+                }
                 return Err(LoadError::BadRecord {
                     error: Box::new(error),
                     topic: r.topic.to_string(),
@@ -457,20 +801,25 @@ impl State {
         Ok(())
     }
 
-
     /// Commits the buffered rows and the ledger in one snapshot. Retries transient failures with
     /// backoff (logged once per episode); on a fence, drops the batch and re-reads from the ledger.
     async fn flush(&mut self) -> Result<(), LoadError> {
         self.last_commit = Instant::now();
+        let mut gaps = Vec::new();
         let ranges: Vec<OffsetRange> = self
             .partitions
             .iter()
+            .filter(|(_, p)| p.pending())
             .filter_map(|(tp, p)| {
+                let end = p.next?;
+                for (needed, resumed) in &p.gaps {
+                    gaps.push(format!("{tp}:{needed}->{resumed}"));
+                }
                 Some(OffsetRange {
                     tp: tp.clone(),
                     expected: p.expected,
-                    first: p.first?,
-                    end: p.next?,
+                    first: p.first.or(p.expected).unwrap_or(end),
+                    end,
                 })
             })
             .collect();
@@ -480,7 +829,19 @@ impl State {
         let started = Instant::now();
         let rows = self.decoder.len();
         let batch = self.decoder.finish();
+        let letters = std::mem::take(&mut self.dead_letters);
         let table = retrying!("loading the table", self.engine.load());
+        // The fence, checked before anything is written for this batch: a writer that lost its
+        // partitions writes neither data files nor dead letters (DESIGN.md §3). The commit checks
+        // it again on the exact base it swaps.
+        let ledger = Ledger::from_properties(table.metadata.properties(), &self.pipeline)
+            .map_err(|message| CommitError::Invalid { table: table.name.to_string(), message })?;
+        let violations = ledger.check(&ranges);
+        if !violations.is_empty() {
+            self.fenced(violations, ledger, Vec::new()).await;
+            self.follow_schema(&table.metadata)?;
+            return Ok(());
+        }
         let files = if batch.num_rows() > 0 {
             let file_io = self.engine.catalog().file_io();
             retrying!(
@@ -499,19 +860,38 @@ impl State {
         let written: Vec<String> = files.iter().map(|f| f.file_path().to_owned()).collect();
         let spec_id = table.metadata.default_partition_spec_id();
         let mut append = Append::new(self.pipeline.clone(), ranges.clone(), files, spec_id);
+        if !gaps.is_empty() {
+            append.summary.insert(crate::ledger::SUMMARY_GAPS.to_owned(), gaps.join(","));
+        }
+        if !letters.is_empty() {
+            let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+            for l in &letters {
+                *kinds.entry(l.error.kind().as_str()).or_default() += 1;
+            }
+            let text: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            append.summary.insert(crate::ledger::SUMMARY_DEAD_LETTERS.to_owned(), text.join(","));
+        }
         // Dead letters are written before the commit that moves the ledger past them.
-        let letters = std::mem::take(&mut self.dead_letters);
         if !letters.is_empty() {
             if let Some(dlq) = &self.dlq_table {
-                retrying!("writing dead letters to the table", dlq.write(&letters, &ranges));
+                let go_on = retrying!("writing dead letters to the table", dlq.write(&letters, &ranges));
+                if !go_on {
+                    // The dead-letter table's own fence says another writer owns these offsets.
+                    let table = retrying!("loading the table", self.engine.load());
+                    let ledger = Ledger::from_properties(table.metadata.properties(), &self.pipeline)
+                        .map_err(|message| CommitError::Invalid { table: table.name.to_string(), message })?;
+                    let violations = ledger.check(&ranges);
+                    self.fenced(violations, ledger, written).await;
+                    self.follow_schema(&table.metadata)?;
+                    return Ok(());
+                }
             }
             if let Some(dlq) = &self.dlq_topic {
-                let key = dlq.positions_key();
-                let since = crate::deadletter::positions_from(table.metadata.properties(), &key);
-                let positions = retrying!("writing dead letters to the topic", dlq.write(&letters, &since));
-                append
-                    .properties
-                    .insert(key, serde_json::to_string(&positions).expect("positions serialize"));
+                let positions = retrying!(
+                    "writing dead letters to the topic",
+                    dlq.write(&letters, &ranges, table.metadata.properties())
+                );
+                append.properties.extend(positions);
             }
         }
         let outcome = retrying!("committing", self.engine.commit(&mut append));
@@ -523,6 +903,8 @@ impl State {
                     if let Some(p) = self.partitions.get_mut(&r.tp) {
                         p.expected = Some(r.end);
                         p.first = None;
+                        p.moved = false;
+                        p.gaps.clear();
                     }
                     offsets.push((r.tp.clone(), r.end));
                 }
@@ -537,29 +919,41 @@ impl State {
                 );
             }
             AppendOutcome::Fenced { violations, ledger } => {
-                self.report.fenced += 1;
-                tracing::warn!(
-                    violations = ?violations.iter().map(|v| format!("{} expected {:?} found {:?}", v.tp, v.expected, v.found)).collect::<Vec<_>>(),
-                    "batch fenced: another writer committed these offsets; dropping it and re-reading from the table's ledger"
-                );
-                crate::write::delete_files(self.engine.catalog().file_io(), written).await;
-                let mut seeks = Vec::new();
-                for (tp, p) in self.partitions.iter_mut() {
-                    // Where this partition's dropped records began: the ledger if it knows the
-                    // partition now, else where this batch started reading it.
-                    let resume = ledger.get(tp).or(p.expected).or(p.first);
-                    *p = PartitionState::new(ledger.get(tp));
-                    if let Some(offset) = resume {
-                        p.next = Some(offset);
-                        p.awaiting_seek = true;
-                        seeks.push((tp.clone(), offset));
-                    }
-                }
-                let _ = self.commands.send(Command::Seek(seeks));
+                self.fenced(violations, ledger, written).await;
             }
         }
         self.follow_schema(&table.metadata)?;
         Ok(())
+    }
+
+    /// Another writer committed (some of) this batch's offsets: drop the batch, delete its data
+    /// files, and re-read every partition from the ledger under a new epoch, so that nothing read
+    /// before the seek is used.
+    async fn fenced(&mut self, violations: Vec<crate::ledger::FenceViolation>, ledger: Ledger, written: Vec<String>) {
+        self.report.fenced += 1;
+        tracing::warn!(
+            violations = ?violations.iter().map(|v| format!("{} expected {:?} found {:?}", v.tp, v.expected, v.found)).collect::<Vec<_>>(),
+            "batch fenced: another writer committed these offsets; dropping it and re-reading from the table's ledger"
+        );
+        crate::write::delete_files(self.engine.catalog().file_io(), written).await;
+        // The decoder's rows and the dead letters belong to the dropped batch.
+        let _ = self.decoder.finish();
+        self.dead_letters.clear();
+        let mut seeks = Vec::new();
+        let tps: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
+        for tp in tps {
+            let epoch = self.new_epoch();
+            let p = self.partitions.get_mut(&tp).expect("listed above");
+            // Where this partition's dropped records began: the ledger if it knows the
+            // partition now, else where this batch started reading it.
+            let resume = ledger.get(&tp).or(p.expected).or(p.first);
+            *p = PartitionState::new(epoch, ledger.get(&tp));
+            if let Some(offset) = resume {
+                p.next = Some(offset);
+                seeks.push((tp.clone(), offset, epoch));
+            }
+        }
+        let _ = self.commands.send(Command::Seek(seeks));
     }
 
     /// auto_evolve: adds the columns, each its own schema commit, then reads with the new schema.
@@ -608,9 +1002,13 @@ impl State {
     }
 }
 
-/// Backoff for transient failures: 100 ms doubling to 30 s, forever (a catalog or storage outage
-/// must not lose data, and the fence keeps a late commit safe). The first failure of an episode is
+/// Backoff for transient failures: 100 ms doubling to 2 s, forever (a catalog or storage outage
+/// must not lose data, and the fence keeps a late commit safe). The cap is low so that the first
+/// commit after an outage comes within seconds; each probe is one cheap catalog or storage call. The first failure of an episode is
 /// logged at WARN, the recovery at INFO.
+/// The longest wait between two attempts of a failing call.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
 struct Backoff {
     what: &'static str,
     delay: Duration,
@@ -634,7 +1032,7 @@ impl Backoff {
             tracing::debug!(what = self.what, error = %error, "still failing");
         }
         tokio::time::sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(Duration::from_secs(30));
+        self.delay = (self.delay * 2).min(MAX_BACKOFF);
     }
 
     fn recovered(&self) {

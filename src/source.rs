@@ -5,19 +5,33 @@
 //! an assignment asks the loader where each partition starts (the table's ledger), a revocation
 //! waits until the loader has committed or dropped the partitions' buffered records, so nothing
 //! is released while floe still holds uncommitted data for it.
+//!
+//! Every partition has an *epoch*, chosen by the loader and bumped at every assignment and seek.
+//! This thread tags each record, position and seek confirmation with the epoch the partition had
+//! when it was read, so the loader can drop anything that was read before a fence or a rebalance
+//! (DESIGN.md §7) instead of guessing from offsets.
+//!
+//! Nothing here moves a partition silently: `auto.offset.reset` is `error`, so a position outside
+//! the log (retention deleted what the ledger points at, the topic was recreated) is reported to
+//! the loader as [`Event::OutOfRange`] with the log's bounds, and the loader decides (DESIGN.md §1).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::mpsc as std_mpsc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset};
 use tokio::sync::mpsc;
 
 use crate::ledger::TopicPartition;
+
+/// A partition's generation as the loader sees it: bumped at every assignment and seek.
+pub type Epoch = u64;
 
 /// One Kafka record, owned (it crosses from the consumer thread to the loader task).
 #[derive(Debug, Clone)]
@@ -25,6 +39,8 @@ pub struct Record {
     pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
+    /// The partition's epoch when this record was read.
+    pub epoch: Epoch,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub timestamp: Option<i64>,
@@ -39,22 +55,52 @@ pub enum StartAt {
     End,
 }
 
+/// A partition the group assigned to this process, with what is known about it.
+#[derive(Debug, Clone)]
+pub struct AssignedPartition {
+    pub tp: TopicPartition,
+    /// The group's committed offset, the fallback when the table's ledger does not know the
+    /// partition.
+    pub committed: Option<i64>,
+    /// The log's bounds (first offset still held, next offset to be written), if the broker
+    /// answered in time.
+    pub watermarks: Option<(i64, i64)>,
+}
+
+/// A partition whose position is outside its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutOfRange {
+    pub tp: TopicPartition,
+    pub epoch: Epoch,
+    /// The next offset the partition was to be read from.
+    pub position: i64,
+    /// The log's first offset and its end.
+    pub low: i64,
+    pub high: i64,
+}
+
 /// What the consumer thread tells the loader, in the order it happened.
 pub enum Event {
     Records(Vec<Record>),
-    /// Partitions were assigned; the loader answers where each starts. `committed` is the
-    /// group's committed offset, the fallback when the table's ledger does not know the partition.
+    /// Partitions were assigned; the loader answers where each starts and with which epoch.
     Assigned {
-        partitions: Vec<(TopicPartition, Option<i64>)>,
-        reply: std_mpsc::SyncSender<Vec<(TopicPartition, StartAt)>>,
+        partitions: Vec<AssignedPartition>,
+        reply: std_mpsc::SyncSender<Vec<(TopicPartition, StartAt, Epoch)>>,
     },
     /// Partitions are being taken away; the loader answers once it no longer holds their records.
     Revoked {
         partitions: Vec<TopicPartition>,
         done: std_mpsc::SyncSender<()>,
     },
-    /// The seeks the loader asked for have been made: records after this event come from there.
-    Seeked(Vec<TopicPartition>),
+    /// The seeks the loader asked for have been made: records of these epochs come from there.
+    Seeked(Vec<(TopicPartition, Epoch)>),
+    /// The consumer's position moved past offsets that hold no record for floe (transaction
+    /// markers, aborted transactions): every record below `position` of this epoch has been
+    /// handed over already.
+    Positions(Vec<(TopicPartition, Epoch, i64)>),
+    /// These partitions' positions are outside their logs; nothing more is read from them until
+    /// the loader seeks them.
+    OutOfRange(Vec<OutOfRange>),
     /// A consumer error (the client retries by itself; the loader logs and reports health).
     Error(String),
 }
@@ -62,8 +108,8 @@ pub enum Event {
 /// What the loader tells the consumer thread.
 #[derive(Debug)]
 pub enum Command {
-    /// Re-read these partitions from these offsets (after a fenced commit).
-    Seek(Vec<(TopicPartition, i64)>),
+    /// Re-read these partitions from these offsets, as these epochs.
+    Seek(Vec<(TopicPartition, i64, Epoch)>),
     /// Commit these next-offsets to the consumer group (for lag monitoring only).
     CommitOffsets(Vec<(TopicPartition, i64)>),
     /// Leave the group and end the thread.
@@ -74,13 +120,55 @@ pub enum Command {
 const REBALANCE_WAIT: Duration = Duration::from_secs(600);
 /// Records handed over per event at most.
 const MAX_RECORDS_PER_EVENT: usize = 2048;
+/// How often positions are compared with what was handed over.
+const POSITION_EVERY: Duration = Duration::from_millis(250);
+/// How long a watermark query may take.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What this thread knows of one assigned partition.
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    epoch: Epoch,
+    /// The next offset the fetcher reads in this epoch (None: a logical start not resolved yet).
+    next: Option<i64>,
+}
+
+/// Partitions by topic, then number (looked up per record by `&str`, without allocating).
+#[derive(Default)]
+struct TrackedPartitions(HashMap<String, HashMap<i32, Tracked>>);
+
+impl TrackedPartitions {
+    fn set(&mut self, tp: &TopicPartition, t: Tracked) {
+        self.0.entry(tp.topic.clone()).or_default().insert(tp.partition, t);
+    }
+    fn remove(&mut self, tp: &TopicPartition) {
+        if let Some(ps) = self.0.get_mut(&tp.topic) {
+            ps.remove(&tp.partition);
+        }
+    }
+    fn get_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Tracked> {
+        self.0.get_mut(topic)?.get_mut(&partition)
+    }
+    fn iter(&self) -> impl Iterator<Item = (TopicPartition, Tracked)> + '_ {
+        self.0
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |(p, tr)| (TopicPartition::new(t.clone(), *p), *tr)))
+    }
+}
 
 struct LoaderContext {
     events: mpsc::Sender<Event>,
+    tracked: Mutex<TrackedPartitions>,
+}
+
+impl LoaderContext {
+    fn tracked(&self) -> std::sync::MutexGuard<'_, TrackedPartitions> {
+        self.tracked.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl ClientContext for LoaderContext {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+    fn error(&self, error: KafkaError, reason: &str) {
         let _ = self.events.try_send(Event::Error(format!("{error}: {reason}")));
     }
 }
@@ -96,43 +184,54 @@ impl ConsumerContext for LoaderContext {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let partitions = partitions_of(tpl);
                 let committed = consumer
                     .committed_offsets(tpl.clone(), Duration::from_secs(30))
                     .ok();
-                let with_committed = partitions
+                let partitions = partitions_of(tpl)
                     .into_iter()
                     .map(|tp| {
-                        let c = committed.as_ref().and_then(|list| {
+                        let committed = committed.as_ref().and_then(|list| {
                             match list.find_partition(&tp.topic, tp.partition).map(|e| e.offset()) {
                                 Some(Offset::Offset(o)) => Some(o),
                                 _ => None,
                             }
                         });
-                        (tp, c)
+                        let watermarks = consumer
+                            .fetch_watermarks(&tp.topic, tp.partition, WATERMARK_TIMEOUT)
+                            .ok();
+                        AssignedPartition {
+                            tp,
+                            committed,
+                            watermarks,
+                        }
                     })
                     .collect();
                 let (reply, answer) = std_mpsc::sync_channel(1);
                 let starts = self
                     .events
-                    .blocking_send(Event::Assigned {
-                        partitions: with_committed,
-                        reply,
-                    })
+                    .blocking_send(Event::Assigned { partitions, reply })
                     .ok()
                     .and_then(|()| answer.recv_timeout(REBALANCE_WAIT).ok());
                 let Some(starts) = starts else {
-                    // The loader is gone (shutting down): take nothing.
+                    // The loader is gone (shutting down) or refused: take nothing.
                     return;
                 };
                 let mut assign = TopicPartitionList::new();
-                for (tp, start) in starts {
-                    let offset = match start {
-                        StartAt::Offset(o) => Offset::Offset(o),
-                        StartAt::Beginning => Offset::Beginning,
-                        StartAt::End => Offset::End,
-                    };
-                    let _ = assign.add_partition_offset(&tp.topic, tp.partition, offset);
+                {
+                    let mut tracked = self.tracked();
+                    for (tp, start, epoch) in starts {
+                        let offset = match start {
+                            StartAt::Offset(o) => Offset::Offset(o),
+                            StartAt::Beginning => Offset::Beginning,
+                            StartAt::End => Offset::End,
+                        };
+                        let next = match start {
+                            StartAt::Offset(o) => Some(o),
+                            _ => None,
+                        };
+                        tracked.set(&tp, Tracked { epoch, next });
+                        let _ = assign.add_partition_offset(&tp.topic, tp.partition, offset);
+                    }
                 }
                 let result = if cooperative {
                     consumer.incremental_assign(&assign)
@@ -144,13 +243,17 @@ impl ConsumerContext for LoaderContext {
                 }
             }
             RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let partitions = partitions_of(tpl);
+                {
+                    let mut tracked = self.tracked();
+                    for tp in &partitions {
+                        tracked.remove(tp);
+                    }
+                }
                 let (done, finished) = std_mpsc::sync_channel(1);
                 if self
                     .events
-                    .blocking_send(Event::Revoked {
-                        partitions: partitions_of(tpl),
-                        done,
-                    })
+                    .blocking_send(Event::Revoked { partitions, done })
                     .is_ok()
                 {
                     let _ = finished.recv_timeout(REBALANCE_WAIT);
@@ -179,6 +282,17 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
+/// Consumer properties floe sets itself, whatever the configuration says (the configuration
+/// refuses them, with the reason): floe decides every start position, commits group offsets
+/// itself (DESIGN.md §1) and never lets the client jump over records.
+pub const FORCED_CONSUMER_PROPERTIES: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+    ("enable.partition.eof", "false"),
+    // A position outside the log is an error the loader handles, never a silent jump.
+    ("auto.offset.reset", "error"),
+];
+
 /// Starts the consumer thread. Returns the command sender and the thread handle; events arrive
 /// on `events`.
 pub fn spawn(
@@ -186,11 +300,12 @@ pub fn spawn(
     topics: Vec<String>,
     events: mpsc::Sender<Event>,
 ) -> KafkaResult<(std_mpsc::Sender<Command>, std::thread::JoinHandle<()>)> {
-    // floe decides every start position and commits group offsets itself (DESIGN.md §1).
-    config
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
+    for (key, value) in FORCED_CONSUMER_PROPERTIES {
+        config.set(*key, *value);
+    }
+    // Only committed records of transactional producers (the configuration refuses
+    // read_uncommitted): an aborted record must never reach the table.
+    config.set("isolation.level", "read_committed");
     // Bigger fetches than librdkafka's 1 MiB per partition: a bulk loader is throughput-bound by
     // fetch round trips otherwise (measured: ~120k rows/s at 0.6 cores with the defaults).
     for (key, value) in [("max.partition.fetch.bytes", "16777216"), ("fetch.max.bytes", "67108864")] {
@@ -200,6 +315,7 @@ pub fn spawn(
     }
     let consumer: BaseConsumer<LoaderContext> = config.create_with_context(LoaderContext {
         events: events.clone(),
+        tracked: Mutex::new(TrackedPartitions::default()),
     })?;
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
@@ -217,7 +333,10 @@ fn poll_loop(
     events: mpsc::Sender<Event>,
 ) {
     // Seeks not yet made, with how often they failed.
-    let mut pending_seeks: Vec<((TopicPartition, i64), u32)> = Vec::new();
+    let mut pending_seeks: Vec<((TopicPartition, i64, Epoch), u32)> = Vec::new();
+    let mut last_positions = Instant::now();
+    // The topic names handed out, so that a record does not allocate its topic's name.
+    let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
     loop {
         loop {
             match inbox.try_recv() {
@@ -227,7 +346,11 @@ fn poll_loop(
                     let _ = consumer.poll(Duration::from_millis(100));
                     return;
                 }
-                Ok(Command::Seek(positions)) => pending_seeks.extend(positions.into_iter().map(|p| (p, 0u32))),
+                Ok(Command::Seek(positions)) => {
+                    // A newer seek of the same partition replaces an older one not made yet.
+                    pending_seeks.retain(|((tp, _, _), _)| !positions.iter().any(|(p, _, _)| p == tp));
+                    pending_seeks.extend(positions.into_iter().map(|p| (p, 0u32)));
+                }
                 Ok(Command::CommitOffsets(offsets)) => {
                     let mut tpl = TopicPartitionList::new();
                     for (tp, next) in offsets {
@@ -245,14 +368,32 @@ fn poll_loop(
             return;
         }
         let mut batch = Vec::new();
+        let mut out_of_range = false;
         let mut timeout = Duration::from_millis(100);
         while batch.len() < MAX_RECORDS_PER_EVENT {
             match consumer.poll(timeout) {
                 Some(Ok(m)) => {
+                    let topic = match topic_names.get(m.topic()) {
+                        Some(t) => t.clone(),
+                        None => {
+                            let t: Arc<str> = Arc::from(m.topic());
+                            topic_names.insert(m.topic().to_owned(), t.clone());
+                            t
+                        }
+                    };
+                    let epoch = match consumer.context().tracked().get_mut(m.topic(), m.partition()) {
+                        Some(t) => {
+                            t.next = Some(m.offset() + 1);
+                            t.epoch
+                        }
+                        // Not (or no longer) assigned: epoch 0 is never a live one.
+                        None => 0,
+                    };
                     batch.push(Record {
-                        topic: Arc::from(m.topic()),
+                        topic,
                         partition: m.partition(),
                         offset: m.offset(),
+                        epoch,
                         key: m.key().map(<[u8]>::to_vec),
                         value: m.payload().map(<[u8]>::to_vec),
                         timestamp: m.timestamp().to_millis(),
@@ -268,7 +409,9 @@ fn poll_loop(
                     timeout = Duration::ZERO;
                 }
                 Some(Err(e)) => {
-                    if events.blocking_send(Event::Error(e.to_string())).is_err() {
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) {
+                        out_of_range = true;
+                    } else if events.blocking_send(Event::Error(e.to_string())).is_err() {
                         return;
                     }
                     break;
@@ -276,10 +419,68 @@ fn poll_loop(
                 None => break,
             }
         }
+        let caught_up = batch.len() < MAX_RECORDS_PER_EVENT;
         if !batch.is_empty() && events.blocking_send(Event::Records(batch)).is_err() {
             return;
         }
+        if out_of_range {
+            let found = find_out_of_range(&consumer);
+            if !found.is_empty() && events.blocking_send(Event::OutOfRange(found)).is_err() {
+                return;
+            }
+        }
+        if caught_up && last_positions.elapsed() >= POSITION_EVERY {
+            last_positions = Instant::now();
+            let moved = positions_moved(&consumer);
+            if !moved.is_empty() && events.blocking_send(Event::Positions(moved)).is_err() {
+                return;
+            }
+        }
     }
+}
+
+/// Partitions whose consumer position is past the last record handed over (transaction markers,
+/// aborted records), in their current epoch. librdkafka resets a partition's position when it is
+/// assigned or seeked and advances it only as records and markers of that epoch are consumed, so a
+/// position reported here never comes from before a seek.
+fn positions_moved(consumer: &BaseConsumer<LoaderContext>) -> Vec<(TopicPartition, Epoch, i64)> {
+    let Ok(positions) = consumer.position() else {
+        return Vec::new();
+    };
+    let mut tracked = consumer.context().tracked();
+    let mut moved = Vec::new();
+    for e in positions.elements() {
+        let Offset::Offset(at) = e.offset() else { continue };
+        if let Some(t) = tracked.get_mut(e.topic(), e.partition())
+            && t.next.is_none_or(|n| at > n)
+        {
+            t.next = Some(at);
+            moved.push((TopicPartition::new(e.topic(), e.partition()), t.epoch, at));
+        }
+    }
+    moved
+}
+
+/// After the client reported that a position is outside its log (it does not say which
+/// partition's), compares each assigned partition's next offset with its log's bounds.
+fn find_out_of_range(consumer: &BaseConsumer<LoaderContext>) -> Vec<OutOfRange> {
+    let tracked: Vec<(TopicPartition, Tracked)> = consumer.context().tracked().iter().collect();
+    let mut found = Vec::new();
+    for (tp, t) in tracked {
+        let Some(position) = t.next else { continue };
+        match consumer.fetch_watermarks(&tp.topic, tp.partition, WATERMARK_TIMEOUT) {
+            Ok((low, high)) if position < low || position > high => found.push(OutOfRange {
+                tp,
+                epoch: t.epoch,
+                position,
+                low,
+                high,
+            }),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(partition = %tp, error = %e, "cannot read the log's bounds"),
+        }
+    }
+    found
 }
 
 /// How often a seek is retried (once per poll round) before the partition is given up on.
@@ -291,21 +492,30 @@ const MAX_SEEK_ATTEMPTS: u32 = 600;
 /// not make would read on from the wrong place. Returns false when the loader is gone.
 fn seek_all(
     consumer: &BaseConsumer<LoaderContext>,
-    pending: &mut Vec<((TopicPartition, i64), u32)>,
+    pending: &mut Vec<((TopicPartition, i64, Epoch), u32)>,
     events: &mpsc::Sender<Event>,
 ) -> bool {
     let mut done = Vec::new();
     let mut still = Vec::new();
-    for ((tp, offset), attempts) in pending.drain(..) {
+    for ((tp, offset, epoch), attempts) in pending.drain(..) {
         match consumer.seek(&tp.topic, tp.partition, Offset::Offset(offset), Duration::from_secs(10)) {
-            Ok(()) => done.push(tp),
+            Ok(()) => {
+                let mut tracked = consumer.context().tracked();
+                if let Some(t) = tracked.get_mut(&tp.topic, tp.partition) {
+                    *t = Tracked {
+                        epoch,
+                        next: Some(offset),
+                    };
+                }
+                done.push((tp, epoch));
+            }
             Err(e) if attempts + 1 >= MAX_SEEK_ATTEMPTS => {
                 // Not assigned to us any more, most likely; the loader keeps ignoring its records.
                 let _ = events.blocking_send(Event::Error(format!(
                     "giving up seeking {tp} to {offset} after {MAX_SEEK_ATTEMPTS} attempts: {e}"
                 )));
             }
-            Err(_) => still.push(((tp, offset), attempts + 1)),
+            Err(_) => still.push(((tp, offset, epoch), attempts + 1)),
         }
     }
     *pending = still;

@@ -472,7 +472,8 @@ class Pipeline:
 
     def write_config(self, interval: str = "1s", kafka: dict[str, object] | None = None,
                      bootstrap: str | None = None, commit: dict[str, object] | None = None,
-                     dead_letter: dict[str, object] | None = None) -> None:
+                     dead_letter: dict[str, object] | None = None, source: dict[str, object] | None = None,
+                     schema: dict[str, object] | None = None) -> None:
         c = self.catalog_spec
         lines = [f"data_dir = {toml_str(str(self.data_dir))}", "", "[catalog]", f"name = {toml_str(c.name)}"]
         if c.kind == "postgres":
@@ -486,12 +487,17 @@ class Pipeline:
         }
         props.update(kafka or {})
         lines += ["", "[kafka]"] + [f"{toml_str(k)} = {toml_value(v)}" for k, v in props.items()]
-        lines += ["", "[source]", f"topics = [{toml_str(self.topic)}]", 'start = "earliest"']
+        src: dict[str, object] = {"start": "earliest"}
+        src.update(source or {})
+        lines += ["", "[source]", f"topics = [{toml_str(self.topic)}]"]
+        lines += [f"{k} = {toml_value(v)}" for k, v in src.items()]
         lines += ["", "[table]", f"name = {toml_str(EVENTS_TABLE)}"]
         lines += ["", "[commit]", f"interval = {toml_str(interval)}"]
         lines += [f"{k} = {toml_value(v)}" for k, v in (commit or {}).items()]
         if dead_letter:
             lines += ["", "[dead_letter]"] + [f"{k} = {toml_value(v)}" for k, v in dead_letter.items()]
+        if schema:
+            lines += ["", "[schema]"] + [f"{k} = {toml_value(v)}" for k, v in schema.items()]
         self.config.write_text("\n".join(lines) + "\n")
 
     def floe(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
