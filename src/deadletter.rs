@@ -176,12 +176,15 @@ impl KafkaDeadLetters {
     /// Writes the batch's dead letters that the topic does not hold yet and returns the main-table
     /// properties to commit with the batch: for every source partition of `ranges`, the new scan
     /// position. `props` are the main table's properties the batch's fence was checked on.
+    /// `still_ours` checks the batch's fence once more right before anything is sent (after the
+    /// read-back, which takes a while): `None` means it failed and nothing was written.
     pub async fn write(
         &self,
         letters: &[DeadLetter],
         ranges: &[OffsetRange],
         props: &HashMap<String, String>,
-    ) -> Result<HashMap<String, String>, DeadLetterError> {
+        still_ours: impl AsyncFnOnce() -> bool,
+    ) -> Result<Option<HashMap<String, String>>, DeadLetterError> {
         let bounds = self.bounds().await?;
         let legacy = positions_from(props, &self.legacy_positions_key());
         let since: Vec<Positions> = ranges
@@ -203,6 +206,9 @@ impl KafkaDeadLetters {
         let found = self.scan(&scan).await?;
         let present: HashSet<&(String, i32, i64)> = found.iter().map(|f| &f.source).collect();
         let todo: Vec<&DeadLetter> = letters.iter().filter(|l| !present.contains(&l.coordinates())).collect();
+        if !todo.is_empty() && !still_ours().await {
+            return Ok(None);
+        }
         // Enqueued all at once (idempotence keeps their order), then every acknowledgement awaited.
         let sends = todo.iter().map(|letter| {
             let r = &letter.record;
@@ -259,7 +265,7 @@ impl KafkaDeadLetters {
             }
             out.insert(self.positions_key(&r.tp), serde_json::to_string(&next).expect("positions serialize"));
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// This pipeline's dead letters in the topic within `scan` (per partition: from, end).

@@ -577,7 +577,10 @@ impl State {
     /// configured start. A numeric start outside the partition's log is data loss (DESIGN.md §1).
     async fn assign(&mut self, partitions: Vec<AssignedPartition>) -> Result<Vec<(TopicPartition, StartAt, Epoch)>, LoadError> {
         let ledger = self.ledger().await?;
-        let known_topics: BTreeSet<String> = ledger.entries().map(|(tp, _)| tp.topic).collect();
+        // Topics the pipeline already reads: from the ledger, or from earlier assignments of this
+        // run (not this one: all partitions of one assignment are equally "present at start").
+        let mut known_topics: BTreeSet<String> = ledger.entries().map(|(tp, _)| tp.topic).collect();
+        known_topics.extend(self.started_topics.iter().cloned());
         let mut starts = Vec::new();
         let mut lost = None;
         for a in partitions {
@@ -587,7 +590,7 @@ impl State {
             let (mut start, mut reason) = match (from_ledger, a.committed) {
                 (Some(o), _) => (StartAt::Offset(o), "ledger"),
                 (None, Some(c)) => (StartAt::Offset(c), "group offset"),
-                (None, None) if known_topics.contains(&tp.topic) || self.started_topics.contains(&tp.topic) => {
+                (None, None) if known_topics.contains(&tp.topic) => {
                     (StartAt::Beginning, "new partition")
                 }
                 (None, None) => match self.start {
@@ -887,11 +890,29 @@ impl State {
                 }
             }
             if let Some(dlq) = &self.dlq_topic {
-                let positions = retrying!(
+                let engine = &self.engine;
+                let pipeline = &self.pipeline;
+                let sent = retrying!(
                     "writing dead letters to the topic",
-                    dlq.write(&letters, &ranges, table.metadata.properties())
+                    dlq.write(&letters, &ranges, table.metadata.properties(), async || match engine.load().await {
+                        Ok(now) => Ledger::from_properties(now.metadata.properties(), pipeline)
+                            .is_ok_and(|l| l.check(&ranges).is_empty()),
+                        // Unknown: go on; the commit checks the fence on its exact base anyway.
+                        Err(_) => true,
+                    })
                 );
-                append.properties.extend(positions);
+                match sent {
+                    Some(positions) => append.properties.extend(positions),
+                    None => {
+                        let table = retrying!("loading the table", self.engine.load());
+                        let ledger = Ledger::from_properties(table.metadata.properties(), &self.pipeline)
+                            .map_err(|message| CommitError::Invalid { table: table.name.to_string(), message })?;
+                        let violations = ledger.check(&ranges);
+                        self.fenced(violations, ledger, written).await;
+                        self.follow_schema(&table.metadata)?;
+                        return Ok(());
+                    }
+                }
             }
         }
         let outcome = retrying!("committing", self.engine.commit(&mut append));
@@ -1059,3 +1080,55 @@ macro_rules! retrying {
     }};
 }
 use retrying;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_in(dir: &std::path::Path) -> Config {
+        let mut c = Config::defaults();
+        c.data_dir = dir.to_owned();
+        c
+    }
+
+    #[test]
+    fn static_membership_ids_are_per_slot_and_come_back_after_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config_in(dir.path());
+        let a = Membership::claim(&c, "pipe/line").unwrap();
+        let b = Membership::claim(&c, "pipe/line").unwrap();
+        assert!(a.derived && b.derived);
+        assert_ne!(a.instance_id, b.instance_id, "two live processes must not share an id");
+        assert!(a.instance_id.starts_with("floe-pipe_line-") && a.instance_id.ends_with("-0"), "{}", a.instance_id);
+        let first = a.instance_id.clone();
+        drop(a);
+        // A process restarted after the first one died takes its place in the group.
+        let again = Membership::claim(&c, "pipe/line").unwrap();
+        assert_eq!(again.instance_id, first);
+        // Another data directory (another deployment on this host) gets other ids.
+        let other = tempfile::tempdir().unwrap();
+        let elsewhere = Membership::claim(&config_in(other.path()), "pipe/line").unwrap();
+        assert_ne!(elsewhere.instance_id, first);
+    }
+
+    #[test]
+    fn a_configured_instance_id_is_used_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config_in(dir.path());
+        c.kafka.set("group.instance.id", "mine");
+        let m = Membership::claim(&c, "p").unwrap();
+        assert_eq!(m.instance_id, "mine");
+        assert!(!m.derived);
+    }
+
+    #[test]
+    fn data_loss_messages_name_everything() {
+        let below = DataLoss { pipeline: "p".into(), topic: "t".into(), partition: 3, needed: 100, low: 150, high: 200 };
+        let m = data_loss_message(&below);
+        for needle in ["topic t partition 3", "offset 100", "150 to 200", "offsets 100..149 were deleted", "on_data_loss = \"earliest\"", "ledger is unchanged"] {
+            assert!(m.contains(needle), "{needle:?} missing: {m}");
+        }
+        let beyond = DataLoss { high: 20, low: 0, ..below };
+        assert!(data_loss_message(&beyond).contains("recreated"));
+    }
+}

@@ -498,6 +498,13 @@ fn seek_all(
     let mut done = Vec::new();
     let mut still = Vec::new();
     for ((tp, offset, epoch), attempts) in pending.drain(..) {
+        // A seek asked for before the partition was revoked, or assigned again since, belongs to
+        // a past epoch: making it now would move the partition away from where its new epoch
+        // starts.
+        let current = consumer.context().tracked().get_mut(&tp.topic, tp.partition).map(|t| t.epoch);
+        if current.is_none_or(|c| c > epoch) {
+            continue;
+        }
         match consumer.seek(&tp.topic, tp.partition, Offset::Offset(offset), Duration::from_secs(10)) {
             Ok(()) => {
                 let mut tracked = consumer.context().tracked();

@@ -54,7 +54,8 @@ def admin(p: Pipeline) -> AdminClient:
 def create_topic(p: Pipeline, partitions: int) -> None:
     """Creates the pipeline's topic, retrying while a deletion of the same name is still running."""
     def attempt():
-        f = admin(p).create_topics([NewTopic(p.topic, partitions, 1)])[p.topic]
+        client = admin(p)
+        f = client.create_topics([NewTopic(p.topic, partitions, 1)])[p.topic]
         try:
             f.result(timeout=30)
         except Exception as e:  # noqa: BLE001 - the broker's answer, shown if it never succeeds
@@ -78,7 +79,8 @@ def rows(first: int, last: int) -> list[dict]:
 
 def delete_records_before(p: Pipeline, partition: int, offset: int) -> None:
     """Moves the partition's log start to `offset` (what retention does), with Kafka's admin API."""
-    fut = admin(p).delete_records([TopicPartition(p.topic, partition, offset)])
+    client = admin(p)
+    fut = client.delete_records([TopicPartition(p.topic, partition, offset)])
     for f in fut.values():
         f.result(timeout=30)
     low, high = watermarks(p, partition)
@@ -154,7 +156,8 @@ def test_recreated_topic_is_data_loss_not_a_silent_jump(pipeline_factory):
     p.wait_rows(100, timeout=60, alive=[a])
     a.sigterm_ok()
 
-    admin(p).delete_topics([p.topic])[p.topic].result(timeout=30)
+    client = admin(p)
+    client.delete_topics([p.topic])[p.topic].result(timeout=30)
     create_topic(p, 1)
     produce_json(p, rows(1000, 1019))
 
@@ -191,7 +194,8 @@ def test_partitions_added_while_running_are_read_from_their_beginning(pipeline_f
     produce_json(p, rows(11, 110))
     p.wait_rows(100, timeout=60, alive=[a])
 
-    admin(p).create_partitions([NewPartitions(p.topic, 4)])[p.topic].result(timeout=30)
+    client = admin(p)
+    client.create_partitions([NewPartitions(p.topic, 4)])[p.topic].result(timeout=30)
     t0 = time.monotonic()
     # Written to the new partitions before floe can have seen them.
     produce_json(p, [r for r in rows(111, 170)], partition=2)
@@ -293,7 +297,7 @@ def test_dead_letters_once_across_two_loaders(pipeline_factory, fault):
     p.write_config(interval="1s", dead_letter={"topic": dlq}, kafka={"max.poll.interval.ms": 60000})
     p.create_table(STRICT_DDL)
     first = p.publish(2000, 1, 4, bad_every=20)
-    streaming = p.publish_in_background(12_000, 2001, 4, rate=600, bad_every=20)
+    streaming = p.publish_in_background(16_000, 2001, 4, rate=400, bad_every=20)
     a, b = p.start_loader("A"), p.start_loader("B")
 
     def split():
@@ -304,7 +308,7 @@ def test_dead_letters_once_across_two_loaders(pipeline_factory, fault):
 
     wait_until("A and B to share the partitions", split, timeout=60, alive=[a, b])
     faults = 0
-    for round_ in range(3):
+    for round_ in range(3 if fault == "sigkill" else 2):
         if fault == "sigkill":
             hit = kill_right_after_dead_letters(a, timeout=10)
             print(f"round {round_}: A killed {'right after writing dead letters' if hit else 'at the timeout'}")
@@ -313,10 +317,15 @@ def test_dead_letters_once_across_two_loaders(pipeline_factory, fault):
             wait_until("the partitions shared again", split, timeout=60, alive=[a, b])
         else:
             held = split()
-            before = p.ledger() or {}
+            # Frozen right after a commit, before its next flush: it goes on holding (and on
+            # resuming, processes) what it read meanwhile. (A freeze inside a flush, between its
+            # last fence check and the write of dead letters, is the window docs/exactly-once.md
+            # names; no test can close it from outside.)
             a.wait_log("batch committed", timeout=30, times=a.count("batch committed") + 1)
-            time.sleep(0.6)
             a.stop()
+            before = p.ledger() or {}
+            wait_until("B to take A's partitions",
+                       lambda: held <= assignment(b.log(), p.topic) or None, timeout=60, alive=[b])
             wait_until("B to commit A's partitions",
                        lambda: all((p.ledger() or {}).get(q, 0) > before.get(q, 0) for q in held) or None,
                        timeout=60, interval=0.5, alive=[b])
@@ -360,18 +369,16 @@ def test_auto_evolve_new_field_while_a_zombie_is_frozen(pipeline_factory):
 
     held = wait_until("A and B to share the partitions", split, timeout=60, alive=[a, b])
     p.wait_rows(2000, timeout=60, alive=[a, b])
-    # Records with a field the table does not have yet, flowing while A is frozen: A holds some
-    # in flight when it freezes, B adds the column and commits A's partitions meanwhile.
-    stop_at = time.monotonic() + 16
-    next_id = 2000
-    frozen = False
+    # A field the table does not have yet first appears while A is frozen: B takes A's partitions,
+    # adds the column and commits them; A, resumed, fetches such records for partitions it still
+    # believes it holds, and its auto_evolve flush ends fenced.
+    a.stop()
     before = p.ledger() or {}
+    stop_at = time.monotonic() + 14
+    next_id = 2000
     while time.monotonic() < stop_at:
         produce_json(p, [{"id": i, "string": "x", "region": f"r{i % 7}"} for i in range(next_id, next_id + 100)])
         next_id += 100
-        if not frozen and next_id >= 2400:
-            a.stop()
-            frozen = True
         time.sleep(0.2)
     wait_until("B to commit A's partitions",
                lambda: all((p.ledger() or {}).get(q, 0) > before.get(q, 0) for q in held) or None,
@@ -384,6 +391,7 @@ def test_auto_evolve_new_field_while_a_zombie_is_frozen(pipeline_factory):
     assert_each_id_once(p.ids().to_pylist(), range(0, next_id))
     cols = [f.name for f in p.table().schema().fields]
     assert "region" in cols, cols
+    print(f"A after resuming: {a.count('batch fenced')} fenced, {a.count('partitions revoked')} revocations")
 
 
 # --- 6: back within seconds after a crash -----------------------------------------------------
