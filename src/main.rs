@@ -385,7 +385,12 @@ async fn table_command(config: &Config, cmd: TableCommand) -> Result<(), Failure
 #[cfg(feature = "query")]
 async fn run_query(config: &Config, sql: &str) -> Result<(), Failure> {
     let catalog = Catalog::open(config).await.map_err(Failure::runtime)?;
-    let batches = floe::query::query(&catalog, sql).await.map_err(Failure::runtime)?;
+    let batches = floe::query::query(&catalog, sql).await.map_err(|e| match e {
+        floe::query::QueryError::NotReadOnly { .. } | floe::query::QueryError::SeveralStatements { .. } => {
+            Failure::usage(e)
+        }
+        other => Failure::runtime(other),
+    })?;
     println!("{}", floe::query::format(&batches));
     Ok(())
 }

@@ -6,6 +6,7 @@ pyiceberg and DuckDB, independently of floe.
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 
 import pyarrow.parquet as pq
@@ -111,3 +112,32 @@ def test_partition_values_null_and_path_syntax(pipeline_factory):
     for f in files:
         path = f["file_path"].removeprefix("file://")
         assert path.startswith(data_dir) and path[len(data_dir):].count("/") == 1 and ".." not in path.split("/"), path
+
+
+# --- item 7: floe query only reads ----------------------------------------------------------------
+
+
+def test_query_refuses_statements_that_change_anything(catalog, tmp_path):
+    floe = catalog.floe
+    floe.run("table", "create", "CREATE TABLE events (id BIGINT, region VARCHAR)")
+    out = tmp_path / "copied.csv"
+    for sql, kind in [
+        ('DROP TABLE "default".events', "DROP TABLE"),
+        ("INSERT INTO \"default\".events VALUES (1, 'x')", "INSERT INTO"),
+        (f"COPY (SELECT 1 AS x) TO '{out}' STORED AS CSV", "COPY"),
+        ("CREATE TABLE t AS SELECT 1 AS x", "CREATE TABLE"),
+        (f"CREATE EXTERNAL TABLE e STORED AS CSV LOCATION '{tmp_path}'", "CREATE EXTERNAL TABLE"),
+        ("SET datafusion.execution.batch_size = 1", "SET"),
+        ('EXPLAIN ANALYZE INSERT INTO "default".events VALUES (2, \'y\')', "INSERT INTO"),
+    ]:
+        r = floe.run("query", sql, check=False)
+        assert r.returncode == 2, f"{sql!r} should be refused\n{r.describe()}"
+        assert f"floe query only reads: {kind} statements are refused" in r.stderr, r.describe()
+    assert not out.exists(), "COPY wrote a file"
+    # Nothing changed: the table is there, empty, and queries still run.
+    assert floe.run("table", "list").stdout.split() == ["default.events"]
+    r = floe.run("query", 'SELECT count(*) AS n FROM "default".events')
+    assert re.search(r"\|\s*0\s*\|", r.stdout), r.describe()
+    assert catalog.pyiceberg().load_table("default.events").scan().to_arrow().num_rows == 0
+    for sql in ["SHOW TABLES", 'DESCRIBE "default".events', "EXPLAIN SELECT 1", "WITH t AS (SELECT 1 AS x) SELECT x FROM t"]:
+        floe.run("query", sql)
