@@ -1,5 +1,6 @@
 //! `floe query`: read-only SQL over the catalog's tables with DataFusion (the `query` feature).
-//! Each table is registered as `<namespace>.<table>` at its current snapshot.
+//! Each table is registered as `<namespace>.<table>` at its current snapshot; only the tables a
+//! statement names are loaded.
 
 use std::sync::Arc;
 
@@ -8,10 +9,16 @@ use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{Query, SetExpr, Statement as SqlStatement};
+use datafusion::sql::TableReference;
 use iceberg::{NamespaceIdent, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
 
 use crate::catalog::{Catalog, CatalogError};
+use crate::config::TableName;
+
+/// DataFusion's default catalog and schema, where unqualified names resolve.
+const DEFAULT_CATALOG: &str = "datafusion";
+const DEFAULT_SCHEMA: &str = "public";
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -37,46 +44,26 @@ pub enum QueryError {
 pub async fn query(catalog: &Catalog, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
     let statement = read_only_statement(sql)?;
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
-    let default_catalog = ctx
-        .catalog("datafusion")
-        .expect("DataFusion always has its default catalog");
+    // Only the tables the statement names are loaded, so a table floe cannot read breaks only
+    // the statements about it. information_schema (SHOW TABLES, DESCRIBE's columns) lists every
+    // table; there an unreadable one is left out, with a warning naming it and why.
+    let references = ctx
+        .state()
+        .resolve_table_references(&statement)
+        .map_err(|e| QueryError::Sql(e.to_string()))?;
+    let everything = references.iter().any(|r| r.schema() == Some("information_schema"));
     let runtime = iceberg::Runtime::try_current().map_err(|e| QueryError::Sql(e.to_string()))?;
     for name in catalog.list_tables(None).await? {
-        let loaded = catalog.load(&name).await?;
-        let table_err = |e: &dyn std::fmt::Display| QueryError::Table {
-            table: name.to_string(),
-            message: e.to_string(),
-        };
-        let ident = TableIdent::new(
-            NamespaceIdent::from_vec(name.namespace.clone()).map_err(|e| table_err(&e))?,
-            name.name.clone(),
-        );
-        let table = iceberg::table::Table::builder()
-            .file_io(catalog.file_io().clone())
-            .metadata_location(loaded.metadata_location)
-            .metadata(loaded.metadata)
-            .identifier(ident)
-            .readonly(true)
-            .runtime(runtime.clone())
-            .build()
-            .map_err(|e| table_err(&e))?;
-        let provider = IcebergStaticTableProvider::try_new_from_table(table)
-            .await
-            .map_err(|e| table_err(&e))?;
-        let schema_name = name.namespace_str();
-        let schema = match default_catalog.schema(&schema_name) {
-            Some(s) => s,
-            None => {
-                let s: Arc<dyn SchemaProvider> = Arc::new(MemorySchemaProvider::new());
-                default_catalog
-                    .register_schema(&schema_name, s.clone())
-                    .map_err(|e| table_err(&e))?;
-                s
+        if !everything && !references.iter().any(|r| names(r, &name)) {
+            continue;
+        }
+        match register(&ctx, catalog, &runtime, &name).await {
+            Ok(()) => {}
+            Err(e) if everything => {
+                tracing::warn!(table = %name, error = %e, "table left out of the query: floe cannot read it");
             }
-        };
-        schema
-            .register_table(name.name.clone(), Arc::new(provider))
-            .map_err(|e| table_err(&e))?;
+            Err(e) => return Err(e),
+        }
     }
     let plan = ctx
         .state()
@@ -95,6 +82,63 @@ pub async fn query(catalog: &Catalog, sql: &str) -> Result<Vec<RecordBatch>, Que
         .await
         .map_err(|e| QueryError::Sql(e.to_string()))?;
     df.collect().await.map_err(|e| QueryError::Sql(e.to_string()))
+}
+
+/// Whether a table reference in the statement means this table. Tables are registered as
+/// `datafusion."<namespace>".<table>`; a bare name resolves to DataFusion's default schema.
+fn names(reference: &TableReference, table: &TableName) -> bool {
+    let resolved = reference.clone().resolve(DEFAULT_CATALOG, DEFAULT_SCHEMA);
+    resolved.catalog.as_ref() == DEFAULT_CATALOG
+        && resolved.schema.as_ref() == table.namespace_str()
+        && resolved.table.as_ref() == table.name
+}
+
+/// Loads one table and registers it at its current snapshot.
+async fn register(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    runtime: &iceberg::Runtime,
+    name: &TableName,
+) -> Result<(), QueryError> {
+    let default_catalog = ctx
+        .catalog(DEFAULT_CATALOG)
+        .expect("DataFusion always has its default catalog");
+    let loaded = catalog.load(name).await?;
+    let table_err = |e: &dyn std::fmt::Display| QueryError::Table {
+        table: name.to_string(),
+        message: e.to_string(),
+    };
+    let ident = TableIdent::new(
+        NamespaceIdent::from_vec(name.namespace.clone()).map_err(|e| table_err(&e))?,
+        name.name.clone(),
+    );
+    let table = iceberg::table::Table::builder()
+        .file_io(catalog.file_io().clone())
+        .metadata_location(loaded.metadata_location)
+        .metadata(loaded.metadata)
+        .identifier(ident)
+        .readonly(true)
+        .runtime(runtime.clone())
+        .build()
+        .map_err(|e| table_err(&e))?;
+    let provider = IcebergStaticTableProvider::try_new_from_table(table)
+        .await
+        .map_err(|e| table_err(&e))?;
+    let schema_name = name.namespace_str();
+    let schema = match default_catalog.schema(&schema_name) {
+        Some(s) => s,
+        None => {
+            let s: Arc<dyn SchemaProvider> = Arc::new(MemorySchemaProvider::new());
+            default_catalog
+                .register_schema(&schema_name, s.clone())
+                .map_err(|e| table_err(&e))?;
+            s
+        }
+    };
+    schema
+        .register_table(name.name.clone(), Arc::new(provider))
+        .map_err(|e| table_err(&e))?;
+    Ok(())
 }
 
 /// Parses `sql` as DataFusion does and returns its one statement if it only reads.
