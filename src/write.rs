@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use iceberg::arrow::RecordBatchPartitionSplitter;
@@ -24,6 +25,49 @@ use parquet::file::properties::WriterProperties;
 pub const PROP_CODEC: &str = "write.parquet.compression-codec";
 /// Table property naming the codec level.
 pub const PROP_LEVEL: &str = "write.parquet.compression-level";
+
+/// The oldest staged data files a floe commit may still make part of the table. A commit that
+/// has retried longer (a catalog outage) writes its files again, because remove-orphans deletes
+/// unreferenced files older than its threshold, which is never below 4x this
+/// ([`crate::maintain::orphans::MIN_AGE`]).
+pub const MAX_STAGED_AGE: Duration = Duration::from_secs(15 * 60);
+
+/// Data files written for one commit, with the moment writing them began (before the first
+/// file was opened, so the age is never understated).
+#[derive(Debug, Clone)]
+pub struct StagedFiles {
+    pub files: Vec<DataFile>,
+    pub written_at: Instant,
+}
+
+impl StagedFiles {
+    pub fn age(&self) -> Duration {
+        self.written_at.elapsed()
+    }
+
+    /// Whether the files are too old to commit: remove-orphans may be about to delete them.
+    /// Check right before each swap attempt; a stale batch is written again.
+    pub fn is_stale(&self) -> bool {
+        self.age() > MAX_STAGED_AGE
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.files.iter().map(|f| f.file_path().to_owned()).collect()
+    }
+}
+
+/// [`write_data_files`], remembering when writing began.
+pub async fn write_staged(
+    file_io: &FileIO,
+    metadata: &TableMetadata,
+    schema: &iceberg::spec::SchemaRef,
+    batches: Vec<RecordBatch>,
+    target_file_size: u64,
+) -> Result<StagedFiles, WriteError> {
+    let written_at = Instant::now();
+    let files = write_data_files(file_io, metadata, schema, batches, target_file_size).await?;
+    Ok(StagedFiles { files, written_at })
+}
 
 /// Why data files could not be written.
 #[derive(Debug, thiserror::Error)]
