@@ -3,8 +3,9 @@
 //!
 //! The SQL catalog keeps the database layout of Java's `JdbcCatalog` (schema version V1, with
 //! `iceberg_type`), which Trino's `iceberg.catalog.type=jdbc` and pyiceberg's `SqlCatalog` read
-//! and write too, so they can all share one catalog. floe talks to the database itself rather than
-//! through the `iceberg` crate's catalog, because its commit engine needs the bare conditional swap
+//! and write too, so they can all share one catalog. A catalog made by older Iceberg Java (V0,
+//! without `iceberg_type`) is used as it is; `floe catalog migrate` upgrades it. floe talks to the
+//! database itself rather than through the `iceberg` crate's catalog, because its commit engine needs the bare conditional swap
 //! ("set metadata_location to B where it is still A") on exactly the metadata it checked; the
 //! crate's `update_table` reloads the table and re-applies the commit on whatever it finds.
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iceberg::io::{FileIO, FileIOBuilder, LocalFsStorageFactory};
+use iceberg::compression::CompressionCodec;
 use iceberg::spec::TableMetadata;
 use iceberg::MetadataLocation;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
@@ -45,10 +47,24 @@ pub enum CatalogError {
         location: String,
         message: String,
     },
+    /// The metadata file was read but cannot be parsed: reading it again will not help.
+    #[error(
+        "table {table}: metadata file {location} cannot be parsed by floe: {message}; other tables are not \
+         affected, and engines that read this table (Trino, Spark) can drop or repair it"
+    )]
+    Unreadable {
+        table: String,
+        location: String,
+        message: String,
+    },
+    /// floe refuses to write metadata it could not read back.
+    #[error("table {table}: {message}")]
+    Unsupported { table: String, message: String },
 }
 
 impl CatalogError {
     /// Whether the same call may succeed later (network, database restart, storage hiccup).
+    /// Metadata that cannot be parsed, or that floe refuses to write, is permanent.
     pub fn is_transient(&self) -> bool {
         matches!(self, CatalogError::Unavailable { .. } | CatalogError::Metadata { .. })
     }
@@ -71,6 +87,16 @@ pub struct LoadedTable {
     pub metadata: TableMetadata,
 }
 
+/// The database layout of Java's JdbcCatalog that a catalog uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Iceberg Java before 1.5: `iceberg_tables` has no `iceberg_type` column (every row is a
+    /// table). Read and written as it is; `floe catalog migrate` adds the column.
+    V0,
+    /// `iceberg_tables.iceberg_type` tells tables (`TABLE`, or NULL in rows from V0) from views.
+    V1,
+}
+
 /// A SQL catalog (SQLite or PostgreSQL) in the JDBC layout, plus the file IO for its warehouse.
 #[derive(Clone)]
 pub struct Catalog {
@@ -80,6 +106,7 @@ pub struct Catalog {
     warehouse: String,
     file_io: FileIO,
     dollar_params: bool,
+    layout: Layout,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -88,6 +115,7 @@ impl std::fmt::Debug for Catalog {
             .field("name", &self.name)
             .field("uri", &self.uri)
             .field("warehouse", &self.warehouse)
+            .field("layout", &self.layout)
             .finish()
     }
 }
@@ -146,6 +174,14 @@ impl Catalog {
         ] {
             sqlx::query(&ddl).execute(&pool).await.map_err(|e| unavailable(&e))?;
         }
+        let layout = detect_layout(&pool).await.map_err(|e| unavailable(&e))?;
+        if layout == Layout::V0 {
+            tracing::info!(
+                uri = %uri,
+                "catalog has the JDBC V0 layout of older Iceberg Java (no iceberg_type column); floe reads and \
+                 writes it as it is, `floe catalog migrate` upgrades it"
+            );
+        }
         let file_io = FileIOBuilder::new(Arc::new(LocalFsStorageFactory)).build();
         Ok(Catalog {
             pool,
@@ -154,7 +190,42 @@ impl Catalog {
             warehouse: warehouse.trim_end_matches('/').to_owned(),
             file_io,
             dollar_params,
+            layout,
         })
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Upgrades a V0 catalog to the V1 layout, as Iceberg Java does when told to
+    /// (`jdbc.schema-version=V1`): adds `iceberg_type`; existing rows keep NULL, which means a
+    /// table. Returns whether anything changed. Engines that read V0 keep working.
+    pub async fn migrate(&mut self) -> Result<bool, CatalogError> {
+        if self.layout == Layout::V1 {
+            return Ok(false);
+        }
+        let added = sqlx::query(&format!("ALTER TABLE {TABLES} ADD COLUMN iceberg_type VARCHAR(5)"))
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = added {
+            if detect_layout(&self.pool).await.map_err(|e| self.unavailable(e))? != Layout::V1 {
+                return Err(self.unavailable(e));
+            }
+            // Someone else migrated it meanwhile: that is what was asked.
+            self.layout = Layout::V1;
+            return Ok(false);
+        }
+        self.layout = Layout::V1;
+        Ok(true)
+    }
+
+    /// `AND <the row is a table>` for queries on `iceberg_tables`.
+    fn only_tables(&self) -> String {
+        match self.layout {
+            Layout::V0 => String::new(),
+            Layout::V1 => format!(" AND (iceberg_type = '{TABLE_RECORD_TYPE}' OR iceberg_type IS NULL)"),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -246,8 +317,8 @@ impl Catalog {
         let rows = match namespace {
             Some(ns) => sqlx::query(&self.sql(&format!(
                 "SELECT table_namespace, table_name FROM {TABLES}
-                 WHERE catalog_name = ? AND table_namespace = ?
-                   AND (iceberg_type = '{TABLE_RECORD_TYPE}' OR iceberg_type IS NULL)"
+                 WHERE catalog_name = ? AND table_namespace = ?{}",
+                self.only_tables()
             )))
             .bind(&self.name)
             .bind(ns)
@@ -255,8 +326,8 @@ impl Catalog {
             .await,
             None => sqlx::query(&self.sql(&format!(
                 "SELECT table_namespace, table_name FROM {TABLES}
-                 WHERE catalog_name = ?
-                   AND (iceberg_type = '{TABLE_RECORD_TYPE}' OR iceberg_type IS NULL)"
+                 WHERE catalog_name = ?{}",
+                self.only_tables()
             )))
             .bind(&self.name)
             .fetch_all(&self.pool)
@@ -280,8 +351,8 @@ impl Catalog {
     pub async fn current_location(&self, table: &TableName) -> Result<Option<String>, CatalogError> {
         let row = sqlx::query(&self.sql(&format!(
             "SELECT metadata_location FROM {TABLES}
-             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?
-               AND (iceberg_type = '{TABLE_RECORD_TYPE}' OR iceberg_type IS NULL)"
+             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?{}",
+            self.only_tables()
         )))
         .bind(&self.name)
         .bind(table.namespace_str())
@@ -309,13 +380,7 @@ impl Catalog {
                 catalog: self.name.clone(),
                 uri: self.uri.to_string(),
             })?;
-        let metadata = TableMetadata::read_from(&self.file_io, &location)
-            .await
-            .map_err(|e| CatalogError::Metadata {
-                table: table.to_string(),
-                location: location.clone(),
-                message: e.to_string(),
-            })?;
+        let metadata = self.read_metadata(table, &location).await?;
         Ok(LoadedTable {
             name: table.clone(),
             metadata_location: location,
@@ -332,17 +397,25 @@ impl Catalog {
         let location = MetadataLocation::new_with_metadata(metadata.location(), &metadata);
         self.write_metadata(table, &metadata, &location).await?;
         let location = location.to_string();
-        let inserted = sqlx::query(&self.sql(&format!(
-            "INSERT INTO {TABLES}
-               (catalog_name, table_namespace, table_name, metadata_location, previous_metadata_location, iceberg_type)
-             VALUES (?, ?, ?, ?, NULL, '{TABLE_RECORD_TYPE}')"
-        )))
-        .bind(&self.name)
-        .bind(table.namespace_str())
-        .bind(&table.name)
-        .bind(&location)
-        .execute(&self.pool)
-        .await;
+        let insert = match self.layout {
+            Layout::V0 => format!(
+                "INSERT INTO {TABLES}
+                   (catalog_name, table_namespace, table_name, metadata_location, previous_metadata_location)
+                 VALUES (?, ?, ?, ?, NULL)"
+            ),
+            Layout::V1 => format!(
+                "INSERT INTO {TABLES}
+                   (catalog_name, table_namespace, table_name, metadata_location, previous_metadata_location, iceberg_type)
+                 VALUES (?, ?, ?, ?, NULL, '{TABLE_RECORD_TYPE}')"
+            ),
+        };
+        let inserted = sqlx::query(&self.sql(&insert))
+            .bind(&self.name)
+            .bind(table.namespace_str())
+            .bind(&table.name)
+            .bind(&location)
+            .execute(&self.pool)
+            .await;
         match inserted {
             Ok(_) => Ok(LoadedTable {
                 name: table.clone(),
@@ -414,20 +487,108 @@ impl Catalog {
         }
     }
 
+    /// Reads and parses a metadata file. Storage trouble is transient (`Metadata`); a file that
+    /// was read but does not parse is not (`Unreadable`), so nobody retries it forever.
+    async fn read_metadata(&self, table: &TableName, location: &str) -> Result<TableMetadata, CatalogError> {
+        let storage = |e: iceberg::Error| CatalogError::Metadata {
+            table: table.to_string(),
+            location: location.to_owned(),
+            message: e.to_string(),
+        };
+        let bytes = self.file_io.new_input(location).map_err(storage)?.read().await.map_err(storage)?;
+        let unreadable = |message: String| CatalogError::Unreadable {
+            table: table.to_string(),
+            location: location.to_owned(),
+            message,
+        };
+        if bytes.starts_with(&[0x1F, 0x8B]) {
+            // Gzip-compressed metadata (`write.metadata.compression-codec = gzip`): the crate
+            // decompresses it; its only failures left are a corrupt file or one that does not parse.
+            return TableMetadata::read_from(&self.file_io, location).await.map_err(|e| {
+                if e.kind() == iceberg::ErrorKind::DataInvalid {
+                    unreadable(e.to_string())
+                } else {
+                    storage(e)
+                }
+            });
+        }
+        serde_json::from_slice::<TableMetadata>(&bytes).map_err(|e| {
+            let hint = if e.to_string().contains("recursion limit") {
+                " (types nested deeper than floe reads: at most 40 nested ROWs)"
+            } else {
+                ""
+            };
+            unreadable(format!("{e}{hint}"))
+        })
+    }
+
     async fn write_metadata(
         &self,
         table: &TableName,
         metadata: &TableMetadata,
         location: &MetadataLocation,
     ) -> Result<(), CatalogError> {
-        metadata
-            .write_to(&self.file_io, location)
+        // A file floe could not parse again would lock floe out of the table for good.
+        crate::table::check_readable(metadata).map_err(|message| CatalogError::Unsupported {
+            table: table.to_string(),
+            message,
+        })?;
+        let failed = |e: iceberg::Error| CatalogError::Metadata {
+            table: table.to_string(),
+            location: location.to_string(),
+            message: e.to_string(),
+        };
+        if location.compression_codec() != CompressionCodec::None {
+            // Gzip: the crate compresses (a table without snapshots then has no
+            // current-snapshot-id, which only old Iceberg Java, 0.13 and before, minds).
+            return metadata.write_to(&self.file_io, location).await.map_err(failed);
+        }
+        let json = metadata_json(metadata).map_err(|e| CatalogError::Metadata {
+            table: table.to_string(),
+            location: location.to_string(),
+            message: format!("cannot serialize the metadata: {e}"),
+        })?;
+        self.file_io
+            .new_output(location.to_string())
+            .map_err(failed)?
+            .write(json.into())
             .await
-            .map_err(|e| CatalogError::Metadata {
-                table: table.to_string(),
-                location: location.to_string(),
-                message: e.to_string(),
-            })
+            .map_err(failed)
+    }
+}
+
+/// The metadata file's JSON. A table without a current snapshot says `"current-snapshot-id": -1`,
+/// as Iceberg Java writes it: Java 0.13 cannot parse the file without the field ("Cannot parse
+/// missing long current-snapshot-id"), and the crate leaves it out. Every reader maps -1 to
+/// "no snapshot".
+pub fn metadata_json(metadata: &TableMetadata) -> Result<Vec<u8>, serde_json::Error> {
+    let json = serde_json::to_vec(metadata)?;
+    if metadata.current_snapshot_id().is_some() {
+        return Ok(json);
+    }
+    // The crate skips the field when there is no snapshot, so the key cannot be there twice.
+    debug_assert_eq!(json.first(), Some(&b'{'));
+    let field = br#""current-snapshot-id":-1"#;
+    let mut out = Vec::with_capacity(json.len() + field.len() + 1);
+    out.push(b'{');
+    out.extend_from_slice(field);
+    if json.len() > 2 {
+        out.push(b',');
+    }
+    out.extend_from_slice(&json[1..]);
+    Ok(out)
+}
+
+/// V1 if `iceberg_tables` has the `iceberg_type` column, else V0.
+async fn detect_layout(pool: &AnyPool) -> Result<Layout, sqlx::Error> {
+    match sqlx::query(&format!("SELECT iceberg_type FROM {TABLES} WHERE 1 = 0")).fetch_optional(pool).await {
+        Ok(_) => Ok(Layout::V1),
+        // The table is there (created above if it was not), so the column is what is missing.
+        Err(sqlx::Error::Database(_)) => {
+            sqlx::query(&format!("SELECT table_name FROM {TABLES} WHERE 1 = 0")).fetch_optional(pool).await?;
+            Ok(Layout::V0)
+        }
+        Err(e) => Err(e),
     }
 }
 

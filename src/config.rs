@@ -166,13 +166,7 @@ impl MaintenanceConfig {
         if self.retain_last == 0 {
             return Err("maintenance.retain_last must be at least 1 (the current snapshot is always kept)".into());
         }
-        if self.orphans_older_than < Duration::from_secs(3600) {
-            return Err(format!(
-                "maintenance.orphans_older_than = {:?} is too short: a writer's files are unreferenced until its \
-                 commit lands; use at least \"1h\" (typical: \"3d\")",
-                self.orphans_older_than
-            ));
-        }
+        crate::maintain::orphans::check_age(self.orphans_older_than, "maintenance.orphans_older_than")?;
         if self.target_file_size.is_some_and(|s| s < 1 << 20) {
             return Err("maintenance.target_file_size is below 1MiB; typical values are 64MiB to 512MiB".into());
         }

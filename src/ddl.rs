@@ -28,6 +28,15 @@ use std::fmt;
 /// limit keeps the recursive type parser's stack use bounded on hostile input.
 const MAX_TYPE_DEPTH: usize = 64;
 
+/// How deep a column's type may nest JSON containers in the table's metadata file. floe parses
+/// metadata with serde_json, which stops at 128 nested containers; the metadata itself takes 5
+/// above a column's type (document, `schemas`, schema, `fields`, field) and one is the limit's own.
+/// A ROW takes 3 (its type object, `fields`, each field), an ARRAY or a MAP 1: 40 nested ROWs fit,
+/// 41 do not. Deeper types would make a table that floe itself cannot open again.
+pub const MAX_TYPE_JSON_DEPTH: usize = 122;
+/// JSON containers a ROW opens in Iceberg's schema JSON beneath the field that holds it.
+pub const ROW_JSON_DEPTH: usize = 3;
+
 /// Largest bucket count or truncate width: Iceberg stores both as a 32-bit int.
 const MAX_TRANSFORM_ARGUMENT: u32 = 2_147_483_647;
 
@@ -1338,8 +1347,14 @@ fn parse_integer(token: &Token, sign: &str) -> Result<i64, DdlError> {
 // ---------------------------------------------------------------------------
 
 impl Parser {
-    /// A data type; `depth` counts enclosing ARRAY/MAP/ROW types.
+    /// A data type at the top of a column.
     fn data_type(&mut self, depth: usize) -> Result<DataType, DdlError> {
+        self.nested_type(depth, 0)
+    }
+
+    /// A data type; `depth` counts enclosing ARRAY/MAP/ROW types, `json` the JSON containers they
+    /// open in the table's metadata (see [`MAX_TYPE_JSON_DEPTH`]).
+    fn nested_type(&mut self, depth: usize, json: usize) -> Result<DataType, DdlError> {
         let token = self.peek().clone();
         if depth > MAX_TYPE_DEPTH {
             return Err(error_at(
@@ -1350,8 +1365,25 @@ impl Parser {
         if token.kind != Kind::Word {
             return Err(self.unexpected("a data type"));
         }
+        let keyword = token.text.to_ascii_uppercase();
+        let opens = match keyword.as_str() {
+            "ROW" => ROW_JSON_DEPTH,
+            "ARRAY" | "MAP" => 1,
+            _ => 0,
+        };
+        if json + opens > MAX_TYPE_JSON_DEPTH {
+            return Err(error_at(
+                &token,
+                format!(
+                    "types nested this deep do not fit the table's metadata as floe reads it back: its JSON \
+                     parser allows {MAX_TYPE_JSON_DEPTH} levels for a column's type, each ROW takes \
+                     {ROW_JSON_DEPTH}, each ARRAY or MAP 1 (at most 40 nested ROWs); flatten the type"
+                ),
+            ));
+        }
+        let json = json + opens;
         self.advance();
-        let data_type = match token.text.to_ascii_uppercase().as_str() {
+        let data_type = match keyword.as_str() {
             "BOOLEAN" => DataType::Boolean,
             "INTEGER" | "INT" => DataType::Integer,
             "BIGINT" => DataType::Bigint,
@@ -1372,19 +1404,19 @@ impl Parser {
             "UUID" => DataType::Uuid,
             "ARRAY" => {
                 self.expect_punct('(')?;
-                let element = self.data_type(depth + 1)?;
+                let element = self.nested_type(depth + 1, json)?;
                 self.expect_punct(')')?;
                 DataType::Array(Box::new(element))
             }
             "MAP" => {
                 self.expect_punct('(')?;
-                let key = self.data_type(depth + 1)?;
+                let key = self.nested_type(depth + 1, json)?;
                 self.expect_punct(',')?;
-                let value = self.data_type(depth + 1)?;
+                let value = self.nested_type(depth + 1, json)?;
                 self.expect_punct(')')?;
                 DataType::Map(Box::new(key), Box::new(value))
             }
-            "ROW" => self.row(depth)?,
+            "ROW" => self.row(depth, json)?,
             _ => return Err(unsupported_type(&token)),
         };
         Ok(data_type)
@@ -1497,7 +1529,7 @@ impl Parser {
     }
 
     /// `(name type, ...)` after `ROW`.
-    fn row(&mut self, depth: usize) -> Result<DataType, DdlError> {
+    fn row(&mut self, depth: usize, json: usize) -> Result<DataType, DdlError> {
         self.expect_punct('(')?;
         if self.at_punct(')') {
             return Err(error_at(self.peek(), "ROW needs at least one field"));
@@ -1518,7 +1550,7 @@ impl Parser {
                 ));
             }
             check_unique(&mut seen, &name, &token, "ROW field")?;
-            let data_type = self.data_type(depth + 1)?;
+            let data_type = self.nested_type(depth + 1, json)?;
             fields.push(RowField { name, data_type });
             if self.eat_punct(')') {
                 return Ok(DataType::Row(fields));

@@ -282,7 +282,10 @@ impl Loader {
         let table: TableName = config.table_name().map_err(LoadError::Config)?;
         let catalog = Catalog::open(&config).await?;
         // Fails with "table ... does not exist ... create it with `floe table create`".
-        catalog.load(&table).await?;
+        let loaded = catalog.load(&table).await?;
+        // A table floe cannot append to (format v1, v3) is refused now, before any file is written.
+        crate::table::check_writable(&loaded.metadata)
+            .map_err(|message| CatalogError::Unsupported { table: table.to_string(), message })?;
         crate::kafka::check_reachable(&config.kafka, Duration::from_secs(10)).await?;
         Ok(Loader {
             engine: CommitEngine::new(catalog, table),

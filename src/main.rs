@@ -59,6 +59,17 @@ enum Command {
         /// The SQL statement.
         sql: String,
     },
+    /// The catalog database itself.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CatalogCommand {
+    /// Upgrade a catalog made by Iceberg Java before 1.5 (JDBC layout V0, no `iceberg_type`
+    /// column) to layout V1, as Java's `jdbc.schema-version=V1` does. floe reads V0 as it is; this
+    /// is only needed by tools that require V1 (pyiceberg's SqlCatalog).
+    Migrate,
 }
 
 #[derive(Subcommand, Debug)]
@@ -271,6 +282,15 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Maintain(args) => maintain(&config, args).await,
+        Command::Catalog(CatalogCommand::Migrate) => {
+            let mut catalog = Catalog::open(&config).await.map_err(Failure::runtime)?;
+            if catalog.migrate().await.map_err(Failure::runtime)? {
+                println!("catalog {:?} ({}): upgraded to the JDBC V1 layout (column iceberg_type added)", catalog.name(), catalog.uri());
+            } else {
+                println!("catalog {:?} ({}): already has the JDBC V1 layout; nothing to do", catalog.name(), catalog.uri());
+            }
+            Ok(())
+        }
         Command::Status => Err(Failure::usage(
             "this command is not available yet in this version of floe (see the issue tracker: \
              the loader, maintenance, status and query arrive in later releases)",
@@ -385,7 +405,12 @@ async fn table_command(config: &Config, cmd: TableCommand) -> Result<(), Failure
 #[cfg(feature = "query")]
 async fn run_query(config: &Config, sql: &str) -> Result<(), Failure> {
     let catalog = Catalog::open(config).await.map_err(Failure::runtime)?;
-    let batches = floe::query::query(&catalog, sql).await.map_err(Failure::runtime)?;
+    let batches = floe::query::query(&catalog, sql).await.map_err(|e| match e {
+        floe::query::QueryError::NotReadOnly { .. } | floe::query::QueryError::SeveralStatements { .. } => {
+            Failure::usage(e)
+        }
+        other => Failure::runtime(other),
+    })?;
     println!("{}", floe::query::format(&batches));
     Ok(())
 }

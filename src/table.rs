@@ -208,6 +208,61 @@ pub(crate) fn partition_spec(schema: &Schema, fields: &[PartitionField]) -> Resu
     Ok(builder.build())
 }
 
+/// JSON containers a type opens in the table's metadata beneath the field holding it (see
+/// [`ddl::MAX_TYPE_JSON_DEPTH`]).
+pub fn type_json_depth(ty: &Type) -> usize {
+    match ty {
+        Type::Primitive(_) => 0,
+        Type::Struct(s) => {
+            ddl::ROW_JSON_DEPTH + s.fields().iter().map(|f| type_json_depth(&f.field_type)).max().unwrap_or(0)
+        }
+        Type::List(l) => 1 + type_json_depth(&l.element_field.field_type),
+        Type::Map(m) => 1 + type_json_depth(&m.key_field.field_type).max(type_json_depth(&m.value_field.field_type)),
+    }
+}
+
+/// Whether floe can parse this metadata once written: no column of any schema nests deeper than
+/// its JSON parser goes. Checked before every metadata file floe writes.
+pub fn check_readable(metadata: &TableMetadata) -> Result<(), String> {
+    for schema in metadata.schemas_iter() {
+        for field in schema.as_struct().fields() {
+            let depth = type_json_depth(&field.field_type);
+            if depth > ddl::MAX_TYPE_JSON_DEPTH {
+                return Err(format!(
+                    "column {:?} (schema {}) nests its type {depth} JSON levels deep, more than the {} that floe \
+                     can read back from table metadata (at most 40 nested ROWs); the metadata was not written",
+                    field.name,
+                    schema.schema_id(),
+                    ddl::MAX_TYPE_JSON_DEPTH
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether floe may append to this table. Checked when `floe run` starts, before anything is
+/// read or written: floe writes format v2 only. A v1 table has no sequence numbers and keeps the
+/// spec in another form; a v3 table needs row lineage (`first-row-id` on every snapshot and data
+/// file, `next-row-id`), which floe does not write yet.
+pub fn check_writable(metadata: &TableMetadata) -> Result<(), String> {
+    match metadata.format_version() {
+        FormatVersion::V2 => Ok(()),
+        FormatVersion::V1 => Err(
+            "the table is Iceberg format v1; floe writes format v2 tables only. Upgrade it (pyiceberg \
+             `table.transaction().upgrade_table_version(2)`, Spark `ALTER TABLE ... SET TBLPROPERTIES \
+             ('format-version'='2')`) or create a v2 table with `floe table create`"
+                .into(),
+        ),
+        other => Err(format!(
+            "the table is Iceberg format v{}; floe writes format v2 tables only (v3 row lineage, \
+             first-row-id and next-row-id, is not written by floe yet). Load into a v2 table (`floe table create` \
+             makes one)",
+            other as u8
+        )),
+    }
+}
+
 /// A human description of a table: schema with field ids, partition spec, snapshots, properties.
 pub fn describe(table: &LoadedTable) -> String {
     let m = &table.metadata;
@@ -302,5 +357,136 @@ fn type_name(ty: &Type) -> String {
         Type::Struct(_) => "struct".into(),
         Type::List(_) => "list".into(),
         Type::Map(_) => "map".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table whose only column is `ty`, serialized as floe would write it and parsed back.
+    fn round_trips(ty: Type) -> Result<(), String> {
+        let schema = Schema::builder()
+            .with_fields(vec![Arc::new(NestedField::optional(1, "c", ty))])
+            .build()
+            .map_err(|e| e.to_string())?;
+        let metadata = TableMetadataBuilder::new(
+            schema,
+            UnboundPartitionSpec::builder().build(),
+            SortOrder::unsorted_order(),
+            "file:///tmp/t".into(),
+            FormatVersion::V2,
+            HashMap::new(),
+        )
+        .and_then(|b| b.build())
+        .map_err(|e| e.to_string())?
+        .metadata;
+        let json = serde_json::to_vec(&metadata).unwrap();
+        serde_json::from_slice::<TableMetadata>(&json).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn rows(levels: usize, ids: &mut i32) -> Type {
+        let mut ty = Type::Primitive(PrimitiveType::Long);
+        for _ in 0..levels {
+            *ids += 1;
+            ty = Type::Struct(StructType::new(vec![Arc::new(NestedField::optional(*ids, "f", ty))]));
+        }
+        ty
+    }
+
+    fn lists(levels: usize, ids: &mut i32) -> Type {
+        let mut ty = Type::Primitive(PrimitiveType::Long);
+        for _ in 0..levels {
+            *ids += 1;
+            ty = Type::List(ListType::new(Arc::new(NestedField::list_element(*ids, ty, false))));
+        }
+        ty
+    }
+
+    /// The depth budget is exactly the parser's: the deepest type it allows parses back, one level
+    /// more does not.
+    #[test]
+    fn json_depth_budget_matches_the_parser() {
+        let mut ids = 100;
+        let ok = rows(40, &mut ids);
+        assert_eq!(type_json_depth(&ok), 120);
+        assert_eq!(round_trips(ok), Ok(()));
+        let deep = rows(41, &mut ids);
+        assert!(type_json_depth(&deep) > ddl::MAX_TYPE_JSON_DEPTH);
+        assert!(round_trips(deep).unwrap_err().contains("recursion limit"));
+
+        let ok = lists(ddl::MAX_TYPE_JSON_DEPTH, &mut ids);
+        assert_eq!(type_json_depth(&ok), ddl::MAX_TYPE_JSON_DEPTH);
+        assert_eq!(round_trips(ok), Ok(()));
+        let deep = lists(ddl::MAX_TYPE_JSON_DEPTH + 1, &mut ids);
+        assert!(round_trips(deep).unwrap_err().contains("recursion limit"));
+    }
+
+    fn create(sql: &str) -> Result<TableMetadata, String> {
+        let stmt = ddl::parse_create_table(sql).map_err(|e| e.render(sql))?;
+        build_metadata(&stmt, "file:///tmp/t".into()).map_err(|e| match e {
+            BuildError::Ddl(e) => e.render(sql),
+            BuildError::Iceberg(m) => m,
+        })
+    }
+
+    fn nested_rows(levels: usize) -> String {
+        format!("{}BIGINT{}", "ROW(f ".repeat(levels), ")".repeat(levels))
+    }
+
+    #[test]
+    fn a_row_too_deep_to_read_back_is_refused() {
+        let m = create(&format!("CREATE TABLE t (id BIGINT, deep {})", nested_rows(40))).unwrap();
+        assert_eq!(check_readable(&m), Ok(()));
+        let err = create(&format!("CREATE TABLE t (id BIGINT, deep {})", nested_rows(41))).unwrap_err();
+        assert!(err.contains("do not fit the table's metadata") && err.contains("at most 40 nested ROWs"), "{err}");
+        // ARRAY and MAP count one each: 60 ARRAYs around a ROW are fine.
+        let arrays = format!("{}ROW(a BIGINT){}", "ARRAY(".repeat(60), ")".repeat(60));
+        assert!(create(&format!("CREATE TABLE t (x {arrays})")).is_ok());
+    }
+
+    #[test]
+    fn check_readable_catches_a_deep_schema_from_any_path() {
+        let mut ids = 1;
+        let schema = Schema::builder()
+            .with_fields(vec![Arc::new(NestedField::optional(1, "deep", rows(41, &mut ids)))])
+            .build()
+            .unwrap();
+        let m = TableMetadataBuilder::new(
+            schema,
+            UnboundPartitionSpec::builder().build(),
+            SortOrder::unsorted_order(),
+            "file:///tmp/t".into(),
+            FormatVersion::V2,
+            HashMap::new(),
+        )
+        .unwrap()
+        .build()
+        .unwrap()
+        .metadata;
+        let err = check_readable(&m).unwrap_err();
+        assert!(err.contains("column \"deep\"") && err.contains("123 JSON levels"), "{err}");
+    }
+
+    #[test]
+    fn only_format_v2_is_writable() {
+        let m = create("CREATE TABLE t (id BIGINT)").unwrap();
+        assert_eq!(check_writable(&m), Ok(()));
+        for (version, word) in [(FormatVersion::V1, "v1"), (FormatVersion::V3, "v3")] {
+            let other = TableMetadataBuilder::new(
+                m.current_schema().as_ref().clone(),
+                UnboundPartitionSpec::builder().build(),
+                SortOrder::unsorted_order(),
+                "file:///tmp/t".into(),
+                version,
+                HashMap::new(),
+            )
+            .unwrap()
+            .build()
+            .unwrap()
+            .metadata;
+            let err = check_writable(&other).unwrap_err();
+            assert!(err.contains(&format!("format {word}")) && err.contains("v2 tables only"), "{err}");
+        }
     }
 }

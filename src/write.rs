@@ -2,16 +2,19 @@
 //! through the iceberg crate's writers, with compression from the table's write properties and
 //! file names that can never collide (the crate's default name counter restarts per instance).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use iceberg::arrow::RecordBatchPartitionSplitter;
 use iceberg::io::FileIO;
-use iceberg::spec::{DataFile, DataFileFormat, PartitionKey, TableMetadata};
+use iceberg::spec::{DataFile, DataFileFormat, PartitionKey, Struct, TableMetadata};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{
-    DefaultFileNameGenerator, DefaultLocationGenerator,
+    DefaultFileNameGenerator, DefaultLocationGenerator, LocationGenerator,
 };
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
@@ -22,6 +25,49 @@ use parquet::file::properties::WriterProperties;
 pub const PROP_CODEC: &str = "write.parquet.compression-codec";
 /// Table property naming the codec level.
 pub const PROP_LEVEL: &str = "write.parquet.compression-level";
+
+/// The oldest staged data files a floe commit may still make part of the table. A commit that
+/// has retried longer (a catalog outage) writes its files again, because remove-orphans deletes
+/// unreferenced files older than its threshold, which is never below 4x this
+/// ([`crate::maintain::orphans::MIN_AGE`]).
+pub const MAX_STAGED_AGE: Duration = Duration::from_secs(15 * 60);
+
+/// Data files written for one commit, with the moment writing them began (before the first
+/// file was opened, so the age is never understated).
+#[derive(Debug, Clone)]
+pub struct StagedFiles {
+    pub files: Vec<DataFile>,
+    pub written_at: Instant,
+}
+
+impl StagedFiles {
+    pub fn age(&self) -> Duration {
+        self.written_at.elapsed()
+    }
+
+    /// Whether the files are too old to commit: remove-orphans may be about to delete them.
+    /// Check right before each swap attempt; a stale batch is written again.
+    pub fn is_stale(&self) -> bool {
+        self.age() > MAX_STAGED_AGE
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.files.iter().map(|f| f.file_path().to_owned()).collect()
+    }
+}
+
+/// [`write_data_files`], remembering when writing began.
+pub async fn write_staged(
+    file_io: &FileIO,
+    metadata: &TableMetadata,
+    schema: &iceberg::spec::SchemaRef,
+    batches: Vec<RecordBatch>,
+    target_file_size: u64,
+) -> Result<StagedFiles, WriteError> {
+    let written_at = Instant::now();
+    let files = write_data_files(file_io, metadata, schema, batches, target_file_size).await?;
+    Ok(StagedFiles { files, written_at })
+}
 
 /// Why data files could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +130,11 @@ pub fn writer_properties(metadata: &TableMetadata) -> Result<WriterProperties, W
 /// `target_file_size`. `schema` is the schema the rows were read with: after a schema change it may
 /// be older than the table's current one, which Iceberg allows (readers project by field id).
 ///
+/// Rows are grouped by their partition value (the struct of transformed values), never by its path
+/// string: NULL and the string `'null'` are different partitions, and a value containing `/` or `=`
+/// is one partition, whatever its path looks like. Directory names escape each value the way
+/// Iceberg Java does (URL encoding), so no value can make a path leave the table's data directory.
+///
 /// Files are named `<uuid v7>-<n>.parquet`: the uuid is new on every call, so names never collide
 /// across processes, restarts or retries.
 pub async fn write_data_files(
@@ -93,18 +144,40 @@ pub async fn write_data_files(
     batches: Vec<RecordBatch>,
     target_file_size: u64,
 ) -> Result<Vec<DataFile>, WriteError> {
-    let location = metadata.location().to_owned();
+    let locations = Locations::new(metadata).map_err(|e| io_error(metadata.location(), e))?;
+    let result = write_groups(file_io, metadata, schema, batches, target_file_size, &locations).await;
+    if result.is_err() {
+        // An abandoned write must not leave files behind: delete every file this call opened
+        // (finished ones, rolled-over ones and the one it failed in), before saying it failed.
+        remove_abandoned(file_io, locations.take()).await;
+    }
+    result
+}
+
+fn io_error(location: &str, e: iceberg::Error) -> WriteError {
     // Data that does not fit the table will not fit on a retry either; storage trouble may pass.
-    let io_err = |e: iceberg::Error| match e.kind() {
+    match e.kind() {
         iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::FeatureUnsupported => WriteError::Invalid {
-            location: location.clone(),
+            location: location.to_owned(),
             message: e.to_string(),
         },
         _ => WriteError::Io {
-            location: location.clone(),
+            location: location.to_owned(),
             message: e.to_string(),
         },
-    };
+    }
+}
+
+async fn write_groups(
+    file_io: &FileIO,
+    metadata: &TableMetadata,
+    schema: &iceberg::spec::SchemaRef,
+    batches: Vec<RecordBatch>,
+    target_file_size: u64,
+    locations: &Locations,
+) -> Result<Vec<DataFile>, WriteError> {
+    let location = metadata.location();
+    let io_err = |e: iceberg::Error| io_error(location, e);
     let schema = schema.clone();
     let spec = metadata.default_partition_spec().clone();
     let parquet = ParquetWriterBuilder::new(writer_properties(metadata)?, schema.clone());
@@ -113,38 +186,29 @@ pub async fn write_data_files(
         None,
         DataFileFormat::Parquet,
     );
-    let locations = DefaultLocationGenerator::new(metadata).map_err(io_err)?;
     let rolling = RollingFileWriterBuilder::new(
         parquet,
         target_file_size as usize,
         file_io.clone(),
-        locations,
+        locations.clone(),
         names,
     );
     let builder = DataFileWriterBuilder::new(rolling);
 
-    // Group rows by partition (the path is a stable key for a partition value).
-    let mut groups: BTreeMap<String, (Option<PartitionKey>, Vec<RecordBatch>)> = BTreeMap::new();
-    if spec.is_unpartitioned() {
-        groups.insert(String::new(), (None, batches));
+    let groups: Vec<(Option<PartitionKey>, Vec<RecordBatch>)> = if spec.is_unpartitioned() {
+        vec![(None, batches)]
     } else {
         let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(schema.clone(), spec.clone())
             .map_err(io_err)?;
-        for batch in batches {
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            for (key, part) in splitter.split(&batch).map_err(io_err)? {
-                let entry = groups
-                    .entry(key.to_path())
-                    .or_insert_with(|| (Some(key.clone()), Vec::new()));
-                entry.1.push(part);
-            }
-        }
-    }
+        group_by_partition(&splitter, batches)
+            .map_err(io_err)?
+            .into_iter()
+            .map(|(key, parts)| (Some(key), parts))
+            .collect()
+    };
 
     let mut files = Vec::new();
-    for (_, (key, parts)) in groups {
+    for (key, parts) in groups {
         if parts.iter().all(|b| b.num_rows() == 0) {
             continue;
         }
@@ -157,6 +221,120 @@ pub async fn write_data_files(
         files.extend(writer.close().await.map_err(io_err)?);
     }
     Ok(files)
+}
+
+/// The rows of `batches` grouped by partition value, in order of first appearance. The key is
+/// the `Struct` of transformed values itself: equal values share a group, and nothing else does.
+pub(crate) fn group_by_partition(
+    splitter: &RecordBatchPartitionSplitter,
+    batches: Vec<RecordBatch>,
+) -> iceberg::Result<Vec<(PartitionKey, Vec<RecordBatch>)>> {
+    let mut index: HashMap<Struct, usize> = HashMap::new();
+    let mut groups: Vec<(PartitionKey, Vec<RecordBatch>)> = Vec::new();
+    for batch in batches {
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        for (key, part) in splitter.split(&batch)? {
+            match index.get(key.data()) {
+                Some(&i) => groups[i].1.push(part),
+                None => {
+                    index.insert(key.data().clone(), groups.len());
+                    groups.push((key, vec![part]));
+                }
+            }
+        }
+    }
+    Ok(groups)
+}
+
+/// File locations under the table's data directory (`write.data.path` honoured, as the crate's
+/// default generator does), with escaped partition directories; remembers every location it hands
+/// out, so that a failed write can delete what it started.
+#[derive(Clone)]
+struct Locations {
+    base: DefaultLocationGenerator,
+    handed_out: Arc<Mutex<Vec<String>>>,
+}
+
+impl Locations {
+    fn new(metadata: &TableMetadata) -> iceberg::Result<Self> {
+        Ok(Locations {
+            base: DefaultLocationGenerator::new(metadata)?,
+            handed_out: Arc::default(),
+        })
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.handed_out.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl LocationGenerator for Locations {
+    fn generate_location(&self, key: Option<&PartitionKey>, file_name: &str) -> String {
+        let relative = match key {
+            Some(k) if !k.spec().is_unpartitioned() => format!("{}/{file_name}", partition_path(k)),
+            _ => file_name.to_owned(),
+        };
+        let location = self.base.generate_location(None, &relative);
+        self.handed_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(location.clone());
+        location
+    }
+}
+
+/// `name=value/...` with each name and human-readable value URL-encoded as Iceberg Java does
+/// (`region=a%2Fb`). The directory is only for people and Hive-style tools: readers take the
+/// partition from the manifest, so two values that encode alike (NULL and 'null') are harmless.
+pub(crate) fn partition_path(key: &PartitionKey) -> String {
+    let types = key.spec().partition_type(key.schema()).ok();
+    key.spec()
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, field)| {
+            let value = key.data().fields().get(i).and_then(|v| v.as_ref());
+            let human = match types.as_ref().and_then(|t| t.fields().get(i)) {
+                Some(t) => field.transform.to_human_string(&t.field_type, value),
+                None => "unknown".to_owned(),
+            };
+            format!("{}={}", url_encode(&field.name), url_encode(&human))
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// `application/x-www-form-urlencoded`, like Java's `URLEncoder.encode(s, UTF_8)`.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'*' | b'_' => out.push(b as char),
+            b' ' => out.push('+'),
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
+}
+
+/// Deletes what an abandoned write opened. A file that was never created is not an error.
+async fn remove_abandoned(file_io: &FileIO, paths: Vec<String>) {
+    let mut removed = 0usize;
+    for path in paths {
+        match file_io.delete(&path).await {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                if file_io.exists(&path).await.unwrap_or(true) {
+                    tracing::warn!(file = %path, error = %e, "could not delete a file of a failed write; remove-orphans will");
+                }
+            }
+        }
+    }
+    tracing::debug!(removed, "files of a failed write deleted");
 }
 
 /// Deletes files that no committed metadata references (a lost or failed commit attempt).
@@ -174,4 +352,154 @@ pub fn arrow_schema(metadata: &TableMetadata) -> Result<std::sync::Arc<arrow_sch
     iceberg::arrow::schema_to_arrow_schema(metadata.current_schema())
         .map(std::sync::Arc::new)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
+    use iceberg::io::{FileIO, FileIOBuilder, LocalFsStorageFactory};
+    use iceberg::spec::{
+        FormatVersion, Literal, NestedField, PrimitiveType, Schema, SortOrder, Struct, TableMetadata,
+        TableMetadataBuilder, Transform, Type, UnboundPartitionSpec,
+    };
+
+    use super::*;
+
+    fn table(dir: &std::path::Path, fields: &[(i32, &str, Transform)]) -> TableMetadata {
+        let schema = Schema::builder()
+            .with_fields(vec![
+                Arc::new(NestedField::optional(1, "id", Type::Primitive(PrimitiveType::Long))),
+                Arc::new(NestedField::optional(2, "region", Type::Primitive(PrimitiveType::String))),
+            ])
+            .build()
+            .unwrap();
+        let mut spec = UnboundPartitionSpec::builder().with_spec_id(0);
+        for (source, name, transform) in fields {
+            spec = spec.add_partition_field(*source, *name, *transform).unwrap();
+        }
+        TableMetadataBuilder::new(
+            schema,
+            spec.build(),
+            SortOrder::unsorted_order(),
+            format!("file://{}", dir.display()),
+            FormatVersion::V2,
+            HashMap::new(),
+        )
+        .unwrap()
+        .build()
+        .unwrap()
+        .metadata
+    }
+
+    fn rows(m: &TableMetadata, ids: Vec<i64>, regions: Vec<Option<&str>>) -> RecordBatch {
+        RecordBatch::try_new(
+            arrow_schema(m).unwrap(),
+            vec![
+                Arc::new(Int64Array::from(ids)) as ArrayRef,
+                Arc::new(StringArray::from(regions)) as ArrayRef,
+            ],
+        )
+        .unwrap()
+    }
+
+    fn file_io() -> FileIO {
+        FileIOBuilder::new(Arc::new(LocalFsStorageFactory)).build()
+    }
+
+    fn string(s: &str) -> Option<Literal> {
+        Some(Literal::string(s))
+    }
+
+    /// NULL, 'null', and values with `/` and `=`: five values, five groups, however alike their
+    /// paths look.
+    const REGIONS: [Option<&str>; 8] =
+        [None, Some("null"), Some("a/b"), Some("x=y"), Some("null"), None, Some("a%2Fb"), Some("a/b")];
+
+    #[test]
+    fn groups_by_value_not_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = table(dir.path(), &[(2, "region", Transform::Identity)]);
+        let schema = m.current_schema().clone();
+        let splitter =
+            RecordBatchPartitionSplitter::try_new_with_computed_values(schema, m.default_partition_spec().clone())
+                .unwrap();
+        let first = rows(&m, (0..8).collect(), REGIONS.to_vec());
+        let second = rows(&m, vec![8, 9], vec![None, Some("null")]);
+        let groups = group_by_partition(&splitter, vec![first, second]).unwrap();
+        let mut got: Vec<(Option<Literal>, usize)> = groups
+            .iter()
+            .map(|(k, parts)| (k.data()[0].clone(), parts.iter().map(|b| b.num_rows()).sum()))
+            .collect();
+        got.sort_by_key(|(v, _)| format!("{v:?}"));
+        let mut want = vec![(None, 3), (string("null"), 3), (string("a/b"), 2), (string("x=y"), 1), (string("a%2Fb"), 1)];
+        want.sort_by_key(|(v, _)| format!("{v:?}"));
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn groups_by_every_field_of_the_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = table(dir.path(), &[(2, "region", Transform::Identity), (1, "id_bucket", Transform::Bucket(2))]);
+        let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
+            m.current_schema().clone(),
+            m.default_partition_spec().clone(),
+        )
+        .unwrap();
+        let ids: Vec<i64> = (0..40).collect();
+        let regions: Vec<Option<&str>> = ids.iter().map(|i| if i % 2 == 0 { None } else { Some("null") }).collect();
+        let groups = group_by_partition(&splitter, vec![rows(&m, ids, regions)]).unwrap();
+        // 2 regions x 2 buckets, each value pair once.
+        let keys: std::collections::HashSet<Struct> = groups.iter().map(|(k, _)| k.data().clone()).collect();
+        assert_eq!(groups.len(), 4, "groups: {keys:?}");
+        assert_eq!(keys.len(), 4);
+        assert_eq!(groups.iter().flat_map(|(_, p)| p).map(|b| b.num_rows()).sum::<usize>(), 40);
+    }
+
+    #[tokio::test]
+    async fn each_file_is_labelled_with_the_values_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = table(dir.path(), &[(2, "region", Transform::Identity)]);
+        let schema = m.current_schema().clone();
+        let io = file_io();
+        let batch = rows(&m, (0..8).collect(), REGIONS.to_vec());
+        let files = write_data_files(&io, &m, &schema, vec![batch], 1 << 20).await.unwrap();
+        assert_eq!(files.len(), 5, "{:?}", files.iter().map(|f| f.file_path()).collect::<Vec<_>>());
+        let data_dir = format!("file://{}/data/", dir.path().display());
+        for f in &files {
+            // The label and the rows agree: read the file back and compare.
+            let bytes = io.new_input(f.file_path()).unwrap().read().await.unwrap();
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(bytes, 1024).unwrap();
+            let mut values = std::collections::HashSet::new();
+            for b in reader {
+                let b = b.unwrap();
+                let col = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+                for i in 0..col.len() {
+                    values.insert(col.is_valid(i).then(|| col.value(i).to_owned()));
+                }
+            }
+            let label = f.partition()[0].clone();
+            let want = label.as_ref().map(|l| match l {
+                Literal::Primitive(iceberg::spec::PrimitiveLiteral::String(s)) => s.clone(),
+                other => panic!("unexpected label {other:?}"),
+            });
+            assert_eq!(values, std::collections::HashSet::from([want]), "file {}", f.file_path());
+            // One directory level per partition field, whatever the value holds.
+            let rest = f.file_path().strip_prefix(&data_dir).expect("file under the table's data directory");
+            assert_eq!(rest.matches('/').count(), 1, "{rest}");
+            assert!(!rest.contains(".."), "{rest}");
+        }
+        let paths: Vec<&str> = files.iter().map(|f| f.file_path()).collect();
+        assert!(paths.iter().any(|p| p.contains("/region=a%2Fb/")), "{paths:?}");
+        assert!(paths.iter().any(|p| p.contains("/region=a%252Fb/")), "{paths:?}");
+        assert!(paths.iter().any(|p| p.contains("/region=x%3Dy/")), "{paths:?}");
+    }
+
+    #[test]
+    fn url_encoding_matches_java() {
+        assert_eq!(url_encode("a/b=c d+é.-*_"), "a%2Fb%3Dc+d%2B%C3%A9.-*_");
+        assert_eq!(url_encode("../.."), "..%2F..");
+    }
 }

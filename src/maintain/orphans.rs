@@ -6,7 +6,9 @@
 //! every snapshot's manifest list, every manifest those list, every file any manifest entry names
 //! (deleted entries too), statistics files. A writer's files are unreferenced until its commit
 //! lands, so only files older than the threshold (by modification time) are deleted; the threshold
-//! cannot be below [`MIN_AGE`].
+//! cannot be below [`MIN_AGE`], four times the age after which floe's own writers stop using staged
+//! files ([`crate::write::MAX_STAGED_AGE`]). Other engines' in-flight writes are protected by the
+//! threshold alone (docs/maintenance.md).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -16,10 +18,27 @@ use std::time::{Duration, SystemTime};
 use super::expire::Reach;
 use super::{ManifestCache, MaintainError, local_path};
 use crate::commit::CommitEngine;
+use crate::write::MAX_STAGED_AGE;
 
-/// The youngest an orphan may be: longer than any commit takes from writing its first file to
-/// its swap.
-pub const MIN_AGE: Duration = Duration::from_secs(3600);
+/// The youngest an orphan may be: four times [`MAX_STAGED_AGE`], the oldest staged files a floe
+/// commit still swaps in (older ones are written again). The margin covers the swap itself and
+/// the difference between the writer's clock and the storage's modification times.
+pub const MIN_AGE: Duration = Duration::from_secs(4 * MAX_STAGED_AGE.as_secs());
+
+/// Refuses an orphan age below [`MIN_AGE`], saying why; `what` names where the value came from.
+pub fn check_age(older_than: Duration, what: &str) -> Result<(), String> {
+    if older_than >= MIN_AGE {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} = {} is too short: files staged by a commit that is still retrying are unreferenced until it \
+         lands, and floe's writers keep staged files for up to {} before writing them again; orphan removal \
+         must stay 4x behind that: use at least {} (typical: 3d)",
+        humantime::format_duration(older_than),
+        humantime::format_duration(MAX_STAGED_AGE),
+        humantime::format_duration(MIN_AGE)
+    ))
+}
 
 #[derive(Debug, Clone)]
 pub struct OrphanOptions {
@@ -68,17 +87,7 @@ impl fmt::Display for OrphanReport {
 pub async fn remove_orphans(engine: &CommitEngine, opts: &OrphanOptions) -> Result<OrphanReport, MaintainError> {
     let table = engine.load().await?;
     let name = table.name.to_string();
-    if opts.older_than < MIN_AGE {
-        return Err(MaintainError::invalid(
-            &name,
-            format!(
-                "remove-orphans --older-than {} is too short: a running writer's files are unreferenced until its \
-                 commit lands; use at least {}",
-                humantime::format_duration(opts.older_than),
-                humantime::format_duration(MIN_AGE)
-            ),
-        ));
-    }
+    check_age(opts.older_than, "remove-orphans --older-than").map_err(|m| MaintainError::invalid(&name, m))?;
     let m = &table.metadata;
     let root = local_path(m.location()).ok_or_else(|| {
         MaintainError::invalid(&name, format!("table location {} is not local storage; remove-orphans lists local (file://) storage only", m.location()))
