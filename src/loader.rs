@@ -848,11 +848,11 @@ impl State {
             self.follow_schema(&table.metadata)?;
             return Ok(());
         }
-        let files = if batch.num_rows() > 0 {
+        let mut staged = if batch.num_rows() > 0 {
             let file_io = self.engine.catalog().file_io();
             retrying!(
                 "writing data files",
-                crate::write::write_data_files(
+                crate::write::write_staged(
                     file_io,
                     &table.metadata,
                     &self.decoder_schema,
@@ -861,9 +861,10 @@ impl State {
                 )
             )
         } else {
-            Vec::new()
+            crate::write::StagedFiles { files: Vec::new(), written_at: Instant::now() }
         };
-        let written: Vec<String> = files.iter().map(|f| f.file_path().to_owned()).collect();
+        let files = staged.files.clone();
+        let written: Vec<String> = staged.paths();
         let spec_id = table.metadata.default_partition_spec_id();
         let mut append = Append::new(self.pipeline.clone(), ranges.clone(), files, spec_id);
         if !gaps.is_empty() {
@@ -918,7 +919,51 @@ impl State {
                 }
             }
         }
-        let outcome = retrying!("committing", self.engine.commit(&mut append));
+        // Files staged longer than write::MAX_STAGED_AGE (a long catalog outage) are written again
+        // before the next attempt: remove-orphans may delete unreferenced files older than 4x that
+        // (DESIGN.md §4), and a commit must never land pointing at deleted files.
+        let mut superseded: Vec<String> = Vec::new();
+        let mut backoff = Backoff::new("committing");
+        let outcome = loop {
+            if !staged.files.is_empty() && staged.is_stale() {
+                let now = retrying!("loading the table", self.engine.load());
+                let fresh = retrying!(
+                    "writing data files again",
+                    crate::write::write_staged(
+                        self.engine.catalog().file_io(),
+                        &now.metadata,
+                        &self.decoder_schema,
+                        vec![batch.clone()],
+                        self.target_file_size
+                    )
+                );
+                tracing::warn!(
+                    seconds = staged.age().as_secs(),
+                    files = fresh.files.len(),
+                    "the commit has been retried for longer than data files may stay staged; wrote them again"
+                );
+                superseded.extend(staged.paths());
+                append.files = fresh.files.clone();
+                append.spec_id = now.metadata.default_partition_spec_id();
+                staged = fresh;
+            }
+            match self.engine.commit(&mut append).await {
+                Ok(o) => {
+                    backoff.recovered();
+                    break o;
+                }
+                Err(e) if e.is_transient() => backoff.wait(&e).await,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let written: Vec<String> = if superseded.is_empty() { written } else { staged.paths() };
+        match &outcome {
+            // Recognised as an earlier attempt of this batch that landed: which file set it used is
+            // not known here, so nothing is deleted (remove-orphans collects the other set).
+            AppendOutcome::Committed { attempts: 0, .. } => {}
+            AppendOutcome::Committed { .. } => crate::write::delete_files(self.engine.catalog().file_io(), superseded).await,
+            AppendOutcome::Fenced { .. } => crate::write::delete_files(self.engine.catalog().file_io(), superseded).await,
+        }
         match outcome {
             AppendOutcome::Committed { snapshot_id, attempts, .. } => {
                 self.report.commits += 1;
