@@ -282,17 +282,27 @@ impl Report {
         out
     }
 
-    /// What could not be read, one line each.
+    /// What could not be read, one line per problem (an unreachable broker once, with the
+    /// pipelines it concerns).
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        let mut kafka: Vec<(String, Vec<String>)> = Vec::new();
         for t in &self.tables {
             out.extend(t.errors.iter().map(|e| format!("table {}: {e}", t.table)));
             for p in &t.pipelines {
-                for e in [&p.ledger_error, &p.kafka_error].into_iter().flatten() {
+                if let Some(e) = &p.ledger_error {
                     out.push(format!("table {}: pipeline {:?}: {e}", t.table, p.name));
+                }
+                if let Some(e) = &p.kafka_error {
+                    let who = format!("pipeline {:?} of table {}", p.name, t.table);
+                    match kafka.iter_mut().find(|(m, _)| m == e) {
+                        Some((_, whom)) => whom.push(who),
+                        None => kafka.push((e.clone(), vec![who])),
+                    }
                 }
             }
         }
+        out.extend(kafka.into_iter().map(|(e, whom)| format!("{e} (for {})", whom.join(", "))));
         out
     }
 }
@@ -900,6 +910,9 @@ fn rfc3339(ms: i64) -> String {
 
 /// A duration in seconds as "4s", "3m 12s", "2h 5m", "3d 4h".
 pub fn human_age(secs: f64) -> String {
+    if secs <= 0.0 {
+        return "0s".to_owned();
+    }
     if secs < 10.0 {
         return format!("{secs:.1}s");
     }
@@ -910,6 +923,10 @@ pub fn human_age(secs: f64) -> String {
         3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
         _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
     }
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
 }
 
 fn opt<T: fmt::Display>(v: Option<T>) -> String {
@@ -1007,6 +1024,7 @@ impl fmt::Display for PipelineStatus {
             f.write_str(&aligned(&rows, "    "))?;
         }
         let lag = match (self.lag, self.lag_seconds) {
+            (Some(0), _) => "0 records: caught up".to_owned(),
             (Some(l), Some(s)) => format!("{l} records, oldest unread record {} old", human_age(s)),
             (Some(l), None) => format!("{l} records"),
             (None, _) => "unknown".to_owned(),
@@ -1029,8 +1047,11 @@ impl fmt::Display for PipelineStatus {
         rows.push(vec![
             format!("last {} min", r.window_seconds / 60),
             format!(
-                "{} commits ({:.1}/min), {} rows ({:.1}/min)",
-                r.commits, r.commits_per_minute, r.rows, r.rows_per_minute
+                "{} ({:.1}/min), {} rows ({:.1}/min)",
+                plural(r.commits, "commit"),
+                r.commits_per_minute,
+                r.rows,
+                r.rows_per_minute
             ),
         ]);
         rows.push(vec![
@@ -1308,11 +1329,40 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "  pipeline pipe");
         assert_eq!(lines[1], "    partition  ledger    end    lag  oldest unread  note");
-        assert_eq!(lines[2], "    events/0        5      5      0           0.0s");
+        assert_eq!(lines[2], "    events/0        5      5      0             0s");
         assert_eq!(lines[3], "    events/10    1234  99999  98765          2m 5s");
         assert!(text.contains("last commit   none in the retained history"), "{text}");
+        assert!(text.contains("last 10 min   0 commits (0.0/min), 0 rows (0.0/min)"), "{text}");
         assert_eq!(human_age(3.31), "3.3s");
         assert_eq!(human_age(7322.0), "2h 2m");
         assert_eq!(human_age(200_000.0), "2d 7h");
+    }
+
+    #[test]
+    fn an_unreachable_broker_is_one_problem_and_makes_the_status_incomplete() {
+        let m = metadata(&[], &[("floe.ledger.p", r#"{"t":{"0":1}}"#), ("floe.ledger.q", r#"{"t":{"0":2}}"#)]);
+        let mut ps = pipelines(&m, None, NOW);
+        for p in &mut ps {
+            p.kafka_error = Some("cannot reach Kafka at b:9092".into());
+        }
+        let mut report = Report {
+            catalog: "c".into(),
+            generated_at: String::new(),
+            max_lag: Some(0),
+            tables: vec![TableStatus {
+                table: "a.b".into(),
+                metadata_location: None,
+                errors: vec![],
+                pipelines: ps,
+                health: None,
+            }],
+        };
+        finish(&mut report, Some(0));
+        assert_eq!(report.verdict(), Verdict::Incomplete);
+        assert_eq!(
+            report.problems(),
+            vec![r#"cannot reach Kafka at b:9092 (for pipeline "p" of table a.b, pipeline "q" of table a.b)"#]
+        );
+        assert!(report.tables[0].pipelines.iter().all(|p| p.lag.is_none() && !p.behind));
     }
 }

@@ -140,6 +140,7 @@ def test_status_reports_the_true_lag(pipeline_factory, floe_bin):
     assert fine.returncode == 0, f"--max-lag 100000 should exit 0\n{fine.stdout}\n{fine.stderr}"
 
     # The human form names the table, the pipeline and each partition with its lag.
+    print(fine.stdout)
     lines = fine.stdout.splitlines()
     assert f"table {EVENTS_TABLE}" in lines, fine.stdout
     assert any(line.strip().startswith(f"pipeline {p.group}") for line in lines), fine.stdout
@@ -236,6 +237,7 @@ def test_status_of_every_table_of_a_catalog(pipeline_factory, floe_bin, tmp_path
     behind = status_json(floe_bin, config, "--max-lag", "10", expect_rc=3)
     assert [p["behind"] for t in behind["tables"] for p in t["pipelines"]] == [False, True]
     human = floe_status(floe_bin, config)
+    print(human.stdout)
     assert human.returncode == 0, human.stderr
     for name in ("table default.events", "table default.other", f"pipeline {a.group}", f"pipeline {b.group}"):
         assert name in human.stdout, f"{name!r} missing from:\n{human.stdout}"
@@ -256,6 +258,7 @@ def test_status_of_every_table_of_a_catalog(pipeline_factory, floe_bin, tmp_path
             assert p["lag"] is None
             assert p["last_commit"] is not None
     human = floe_status(floe_bin, down)
+    print(human.stdout, human.stderr)
     assert human.returncode == 1 and "cannot reach Kafka" in human.stdout and "data files" in human.stdout, human.stdout + human.stderr
 
 
