@@ -20,5 +20,6 @@ pub mod maintain;
 pub mod query;
 pub mod sample;
 pub mod source;
+pub mod status;
 pub mod table;
 pub mod write;

@@ -52,8 +52,14 @@ enum Command {
     },
     /// Table maintenance: compaction, snapshot expiry, retention, orphan files.
     Maintain(MaintainArgs),
-    /// Show pipelines, their ledgers and lag.
-    Status,
+    /// Show each pipeline's lag behind Kafka (records and seconds, per partition), its recent
+    /// commits and dead letters, and the table's health (small files, manifests, snapshots,
+    /// maintenance). Reads only; commits nothing.
+    #[command(after_help = "Exit status: 0 when all was read and no pipeline is behind; 3 when some \
+                            pipeline lags by more than --max-lag records on some partition; 1 when \
+                            something could not be read (a table, Kafka: the rest is still shown); \
+                            2 on a usage or configuration error.")]
+    Status(StatusArgs),
     /// Run a read-only SQL query over the tables.
     Query {
         /// The SQL statement.
@@ -98,6 +104,20 @@ enum TableCommand {
         /// Only this namespace.
         namespace: Option<String>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    /// `namespace.table`. Default: the configured table, or every table of the catalog when none
+    /// is configured.
+    #[arg(long)]
+    table: Option<String>,
+    /// Print JSON (for scripts; the shape is in the README) instead of the aligned table.
+    #[arg(long)]
+    json: bool,
+    /// Exit with status 3 when a pipeline lags by more than this many records on any partition.
+    #[arg(long, value_name = "RECORDS")]
+    max_lag: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -291,10 +311,36 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Status => Err(Failure::usage(
-            "this command is not available yet in this version of floe (see the issue tracker: \
-             the loader, maintenance, status and query arrive in later releases)",
-        )),
+        Command::Status(args) => status(&config, args).await,
+    }
+}
+
+async fn status(config: &Config, args: StatusArgs) -> Result<(), Failure> {
+    use floe::status::{StatusOptions, Verdict};
+    let tables = match &args.table {
+        Some(t) => Some(vec![floe::config::TableName::parse(t).map_err(Failure::usage)?]),
+        None => None,
+    };
+    let catalog = Catalog::open(config).await.map_err(Failure::runtime)?;
+    let opts = StatusOptions::from_config(config, tables, args.max_lag);
+    let report = floe::status::status(&catalog, &opts).await.map_err(Failure::runtime)?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Failure::runtime(format!("cannot write the status as JSON: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{report}");
+    }
+    match report.verdict() {
+        Verdict::Ok => Ok(()),
+        Verdict::Behind => Err(Failure {
+            message: report.behind_summary().join("\nerror: "),
+            code: 3,
+        }),
+        Verdict::Incomplete => Err(Failure::runtime(format!(
+            "the status is incomplete: {}",
+            report.problems().join("; ")
+        ))),
     }
 }
 
