@@ -386,6 +386,10 @@ impl TableDeadLetters {
         crate::table::create_from_sql(catalog, &table_ddl(&name))
             .await
             .map_err(|e| setup(e.to_string()))?;
+        // A dead-letter table another engine made must be one floe can append to, before any
+        // record depends on it.
+        let loaded = catalog.load(&name).await.map_err(|e| setup(e.to_string()))?;
+        crate::table::check_writable(&loaded.metadata).map_err(setup)?;
         Ok(TableDeadLetters {
             engine: CommitEngine::new(catalog.clone(), name),
             pipeline: pipeline.to_owned(),

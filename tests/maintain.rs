@@ -379,13 +379,19 @@ async fn retention_removes_exactly_the_rows_older_than_the_cutoff() {
         m
     };
     let before = scan(&fx).await;
-    // Keep 60.5 hours: rows 61 or more hours old go.
-    let keep = Duration::from_secs(60 * 3600 + 1800);
-    let expected: Vec<_> = before.iter().filter(|r| r.1.is_none_or(|t| t >= t0 - 60 * HOUR_US - HOUR_US / 2)).cloned().collect();
-    assert_eq!(before.len() - expected.len(), 120 - 61);
+    // Keep h.5 hours: rows h+1 or more hours old go. h is chosen so that hours h and h+1 are in
+    // one append (hours 60-69) and one UTC day, so that one day-partition file straddles the cutoff
+    // whatever the time of day the test runs at.
+    let h = (60..69i64)
+        .find(|h| (t0 - h * HOUR_US).div_euclid(DAY_US) == (t0 - (h + 1) * HOUR_US).div_euclid(DAY_US))
+        .expect("nine hours hold at most one midnight");
+    let keep = Duration::from_secs(h as u64 * 3600 + 1800);
+    let expected: Vec<_> = before.iter().filter(|r| r.1.is_none_or(|t| t >= t0 - h * HOUR_US - HOUR_US / 2)).cloned().collect();
+    let removed = 120 - (h as usize + 1);
+    assert_eq!(before.len() - expected.len(), removed);
     let opts = RetentionOptions { column: "ts".into(), keep, target_file_size: 128 << 20, dry_run: true };
     let dry = retention(&fx.engine, &opts).await.unwrap();
-    assert_eq!(dry.rows_removed(), 59, "{dry}");
+    assert_eq!(dry.rows_removed() as usize, removed, "{dry}");
     assert_eq!(scan(&fx).await, before, "a dry run changes nothing");
 
     let r = retention(&fx.engine, &RetentionOptions { dry_run: false, ..opts.clone() }).await.unwrap();
