@@ -9,16 +9,24 @@
 //! that the swap would have to replace. Operations plug in through [`Operation`]; appends with the
 //! pipeline ledger are the first, replace (compaction), delete (retention) and schema changes use
 //! the same loop.
+//!
+//! Every operation that makes a snapshot builds it with [`SnapshotWriter`]: the one place that
+//! reads the parent's manifest list, writes manifests (new, rewritten or merged, entries keeping
+//! their status, snapshot ids and sequence numbers), writes the manifest list and sets `main`
+//! keeping the retention other engines gave it (DESIGN.md §8). After a successful swap the engine
+//! deletes the metadata files that dropped out of the metadata log, as the table's
+//! `write.metadata.*` properties say.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use iceberg::io::FileIO;
 use iceberg::spec::{
-    DataFile, FormatVersion, ManifestFile, ManifestList, ManifestListWriter, ManifestWriterBuilder,
-    Operation as SnapshotOperation, Snapshot, SnapshotReference, SnapshotRetention, Summary,
-    TableMetadata, TableMetadataBuilder,
+    DataFile, FormatVersion, ManifestContentType, ManifestEntryRef, ManifestFile, ManifestList,
+    ManifestListWriter, ManifestStatus, ManifestWriterBuilder, Operation as SnapshotOperation, Snapshot,
+    SnapshotReference, SnapshotRetention, Summary, TableMetadata, TableMetadataBuilder,
 };
 use rand::Rng;
 
@@ -101,6 +109,9 @@ pub struct CommitEngine {
     catalog: Catalog,
     table: TableName,
     max_conflicts: u32,
+    /// Whether metadata files that drop out of the metadata log are deleted when the table's
+    /// `write.metadata.delete-after-commit.enabled` does not say.
+    delete_old_metadata: bool,
 }
 
 impl CommitEngine {
@@ -109,7 +120,17 @@ impl CommitEngine {
             catalog,
             table,
             max_conflicts: 50,
+            delete_old_metadata: true,
         }
+    }
+
+    /// What to do with metadata files that drop out of the metadata log (trimmed to the table's
+    /// `write.metadata.previous-versions-max`, 100 by default) when the table's
+    /// `write.metadata.delete-after-commit.enabled` does not say. floe's default is to delete
+    /// them, so that a table committed to every second does not keep every version it ever had.
+    pub fn with_delete_old_metadata(mut self, delete: bool) -> Self {
+        self.delete_old_metadata = delete;
+        self
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -139,6 +160,7 @@ impl CommitEngine {
             let swap = self.catalog.swap(&base, &staged.metadata).await;
             match swap {
                 Ok((location, Swap::Done)) => {
+                    self.delete_dropped_metadata(&base, &staged.metadata, &location).await;
                     let new = LoadedTable {
                         name: self.table.clone(),
                         metadata_location: location,
@@ -163,6 +185,40 @@ impl CommitEngine {
                 // The outcome is unknown: the attempt's files stay (they may be referenced now).
                 // The caller retries, and the operation's check recognises its own commit.
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl CommitEngine {
+    /// After a successful swap: deletes the metadata files that the new metadata's log no longer
+    /// names, when the table (or floe's default) says so. Only files the base's log named, or
+    /// the base itself, are candidates: nothing another writer may still be committing from.
+    async fn delete_dropped_metadata(&self, base: &LoadedTable, new: &TableMetadata, new_location: &str) {
+        if !deletes_old_metadata(new, self.delete_old_metadata) {
+            return;
+        }
+        let kept: HashSet<&str> = new
+            .metadata_log()
+            .iter()
+            .map(|l| l.metadata_file.as_str())
+            .chain([new_location])
+            .collect();
+        let dropped: Vec<String> = base
+            .metadata
+            .metadata_log()
+            .iter()
+            .map(|l| l.metadata_file.as_str())
+            .chain([base.metadata_location.as_str()])
+            .filter(|f| !kept.contains(f))
+            .map(str::to_owned)
+            .collect();
+        if !dropped.is_empty() {
+            tracing::debug!(table = %self.table, files = dropped.len(), "deleting metadata files dropped from the metadata log");
+            for path in dropped {
+                if let Err(e) = self.catalog.file_io().delete(&path).await {
+                    tracing::warn!(table = %self.table, file = %path, error = %e, "could not delete an old metadata file; remove-orphans will");
+                }
             }
         }
     }
@@ -276,27 +332,14 @@ impl Operation for Append {
                 attempt_files: Vec::new(),
             });
         }
-        let mut extra = HashMap::from([
+        let mut summary = HashMap::from([
             (ledger::SUMMARY_PIPELINE.to_owned(), self.pipeline.clone()),
             (ledger::SUMMARY_OFFSETS.to_owned(), ledger::ranges_summary(&self.ranges)),
             (ledger::SUMMARY_COMMIT_ID.to_owned(), self.commit_id.clone()),
         ]);
-        extra.insert("floe.version".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
-        extra.extend(self.summary.clone());
-        let (metadata, attempt_files) = build_snapshot(
-            base,
-            file_io,
-            SnapshotOperation::Append,
-            self.files.clone(),
-            self.spec_id,
-            extra,
-            props,
-        )
-        .await?;
-        Ok(Staged {
-            metadata,
-            attempt_files,
-        })
+        summary.insert("floe.version".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
+        summary.extend(self.summary.clone());
+        append_snapshot(base, file_io, self.files.clone(), self.spec_id, summary, props).await
     }
 
     fn committed(&mut self, new: &LoadedTable, attempts: u32) -> AppendOutcome {
@@ -311,94 +354,37 @@ impl Operation for Append {
     }
 }
 
-/// Writes a manifest for `files`, a manifest list carrying every manifest of the current snapshot
-/// over unchanged (DESIGN.md §8), and returns the metadata with the new snapshot as `main`.
-pub async fn build_snapshot(
+/// An `append` snapshot of `files` (possibly none: a ledger-only snapshot) on `main`: the new
+/// manifest first, then the parent's manifests carried over, merged as the table's
+/// `commit.manifest-merge.*` properties say; totals in the summary from the parent's.
+async fn append_snapshot(
     base: &LoadedTable,
     file_io: &FileIO,
-    operation: SnapshotOperation,
     files: Vec<DataFile>,
     spec_id: i32,
-    summary_extra: HashMap<String, String>,
+    mut summary: HashMap<String, String>,
     properties: HashMap<String, String>,
-) -> Result<(TableMetadata, Vec<String>), CommitError> {
-    let m = &base.metadata;
+) -> Result<Staged, CommitError> {
     let table = base.name.to_string();
-    let io = |what: &'static str| {
-        let table = table.clone();
-        move |e: iceberg::Error| CommitError::Io {
-            table: table.clone(),
-            what,
-            message: e.to_string(),
-        }
-    };
-    if m.format_version() == FormatVersion::V1 {
-        return Err(CommitError::Invalid {
-            table,
-            message: "format v1 tables are not supported; upgrade the table to format v2".into(),
-        });
-    }
-    let snapshot_id = new_snapshot_id(m);
-    let parent = m.current_snapshot().cloned();
-    let sequence_number = m.last_sequence_number() + 1;
-    let meta_dir = format!("{}/metadata", m.location());
-    let attempt = uuid::Uuid::now_v7();
-    let mut attempt_files = Vec::new();
-
+    let policy = MergePolicy::of(&base.metadata, &table)?;
+    let mut w = SnapshotWriter::new(base)?;
     let (mut added_records, mut added_size) = (0u64, 0u64);
-    let mut partitions = std::collections::HashSet::new();
+    let mut partitions = HashSet::new();
     let added_files = files.len() as u64;
-    let mut manifests: Vec<ManifestFile> = Vec::new();
     for f in &files {
         added_records += f.record_count();
         added_size += f.file_size_in_bytes();
         partitions.insert(format!("{:?}", f.partition()));
     }
+    let mut cache = ManifestCache::default();
+    let parent = w.parent_manifests(file_io, &mut cache).await?;
+    let mut manifests = Vec::with_capacity(parent.len() + 1);
     if !files.is_empty() {
-        let manifest_path = format!("{meta_dir}/{attempt}-m0.avro");
-        attempt_files.push(manifest_path.clone());
-        manifests.push(
-            write_manifest(m, file_io, &manifest_path, spec_id, snapshot_id, sequence_number, files)
-                .await
-                .map_err(io("manifest"))?,
-        );
+        manifests.push(w.write_added(file_io, spec_id, files).await?);
     }
-    // The manifest list: the new manifest, then the parent's manifests exactly as they are.
-    if let Some(parent) = &parent {
-        let bytes = file_io
-            .new_input(parent.manifest_list())
-            .map_err(io("manifest list"))?
-            .read()
-            .await
-            .map_err(io("manifest list"))?;
-        let list = ManifestList::parse_with_version(&bytes, m.format_version()).map_err(|e| {
-            CommitError::Invalid {
-                table: table.clone(),
-                message: format!(
-                    "cannot decode manifest list {} of snapshot {}: {e}",
-                    parent.manifest_list(),
-                    parent.snapshot_id()
-                ),
-            }
-        })?;
-        manifests.extend(list.consume_entries());
-    }
-    let list_path = format!("{meta_dir}/snap-{snapshot_id}-1-{attempt}.avro");
-    let out = file_io.new_output(&list_path).map_err(io("manifest list"))?;
-    let mut list_writer = ManifestListWriter::v2(
-        out.writer().await.map_err(io("manifest list"))?,
-        snapshot_id,
-        parent.as_ref().map(|p| p.snapshot_id()),
-        sequence_number,
-    );
-    list_writer
-        .add_manifests(manifests.into_iter())
-        .map_err(io("manifest list"))?;
-    attempt_files.push(list_path.clone());
-    list_writer.close().await.map_err(io("manifest list"))?;
+    manifests.extend(w.carry(file_io, &mut cache, &parent, policy).await?);
 
-    let mut summary = summary_extra;
-    let prev = parent.as_ref().map(|p| &p.summary().additional_properties);
+    let prev = base.metadata.current_snapshot().map(|p| &p.summary().additional_properties);
     let total = |key: &str, added: u64| -> Option<String> {
         match prev {
             None => Some(added.to_string()),
@@ -421,76 +407,483 @@ pub async fn build_snapshot(
             summary.insert(key.into(), v);
         }
     }
-
-    let snapshot = Snapshot::builder()
-        .with_snapshot_id(snapshot_id)
-        .with_parent_snapshot_id(parent.as_ref().map(|p| p.snapshot_id()))
-        .with_sequence_number(sequence_number)
-        .with_timestamp_ms(chrono::Utc::now().timestamp_millis().max(m.last_updated_ms() + 1))
-        .with_manifest_list(list_path)
-        .with_summary(Summary {
-            operation,
-            additional_properties: summary,
-        })
-        .with_schema_id(m.current_schema_id())
-        .build();
-    let invalid = |e: iceberg::Error| CommitError::Invalid {
-        table: table.clone(),
-        message: e.to_string(),
-    };
-    let metadata = TableMetadataBuilder::new_from_metadata(m.clone(), Some(base.metadata_location.clone()))
-        .add_snapshot(snapshot)
-        .and_then(|b| {
-            b.set_ref(
-                "main",
-                SnapshotReference::new(
-                    snapshot_id,
-                    SnapshotRetention::Branch {
-                        min_snapshots_to_keep: None,
-                        max_snapshot_age_ms: None,
-                        max_ref_age_ms: None,
-                    },
-                ),
-            )
-        })
-        .and_then(|b| b.set_properties(properties))
-        .and_then(|b| b.build())
-        .map_err(invalid)?
-        .metadata;
-    Ok((metadata, attempt_files))
+    w.finish(file_io, manifests, SnapshotOperation::Append, summary, properties).await
 }
 
-/// Writes one manifest of ADDED entries for `files` at `path`.
-async fn write_manifest(
+/// Table property: merge small manifests on append (Iceberg's default: true).
+pub const PROP_MERGE_ENABLED: &str = "commit.manifest-merge.enabled";
+/// Table property: how many manifests of one partition spec there must be before an append
+/// merges them (Iceberg's default: 100).
+pub const PROP_MERGE_MIN_COUNT: &str = "commit.manifest.min-count-to-merge";
+/// Table property: the size merged manifests are packed to (Iceberg's default: 8 MiB).
+pub const PROP_MANIFEST_TARGET_SIZE: &str = "commit.manifest.target-size-bytes";
+/// Table property: delete the metadata files that drop out of the metadata log after a commit.
+pub const PROP_DELETE_AFTER_COMMIT: &str = "write.metadata.delete-after-commit.enabled";
+
+/// Iceberg's default `commit.manifest.target-size-bytes`.
+pub const MANIFEST_TARGET_SIZE: u64 = 8 << 20;
+/// Iceberg's default `commit.manifest.min-count-to-merge`.
+pub const MERGE_MIN_COUNT: usize = 100;
+
+/// A table property parsed, or an error naming the property, its value and what to do.
+fn property<T: std::str::FromStr>(m: &TableMetadata, table: &str, key: &str, expected: &str) -> Result<Option<T>, CommitError> {
+    match m.properties().get(key) {
+        None => Ok(None),
+        Some(v) => v.trim().parse::<T>().map(Some).map_err(|_| CommitError::Invalid {
+            table: table.to_owned(),
+            message: format!("table property {key} = {v:?} is not {expected}; set it to {expected} or remove it"),
+        }),
+    }
+}
+
+/// How appends merge the manifests they carry over (Iceberg's `commit.manifest-merge.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergePolicy {
+    pub enabled: bool,
+    /// Manifests of one spec are merged once there are at least this many.
+    pub min_count: usize,
+    pub target_size: u64,
+}
+
+impl MergePolicy {
+    /// The table's properties, with Iceberg's defaults for those it does not set.
+    pub fn of(m: &TableMetadata, table: &str) -> Result<MergePolicy, CommitError> {
+        Ok(MergePolicy {
+            enabled: property(m, table, PROP_MERGE_ENABLED, "true or false")?.unwrap_or(true),
+            min_count: property::<usize>(m, table, PROP_MERGE_MIN_COUNT, "a whole number")?
+                .unwrap_or(MERGE_MIN_COUNT)
+                .max(2),
+            target_size: property::<u64>(m, table, PROP_MANIFEST_TARGET_SIZE, "a size in bytes")?
+                .unwrap_or(MANIFEST_TARGET_SIZE)
+                .max(1),
+        })
+    }
+}
+
+/// Whether the metadata files that drop out of the metadata log are deleted after a commit: the
+/// table's `write.metadata.delete-after-commit.enabled`, or `default` when it does not say.
+pub fn deletes_old_metadata(m: &TableMetadata, default: bool) -> bool {
+    m.properties()
+        .get(PROP_DELETE_AFTER_COMMIT)
+        .map(|v| v.trim().eq_ignore_ascii_case("true"))
+        .unwrap_or(default)
+}
+
+/// Data manifests packed, per partition spec and in list order, into bins of at most `target`
+/// bytes; indexes into `manifests`. Delete manifests are never packed.
+pub fn merge_bins(manifests: &[ManifestFile], target: u64) -> Vec<Vec<usize>> {
+    let mut by_spec: std::collections::BTreeMap<i32, Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, mf) in manifests.iter().enumerate() {
+        if mf.content == ManifestContentType::Data {
+            by_spec.entry(mf.partition_spec_id).or_default().push(i);
+        }
+    }
+    let mut bins = Vec::new();
+    for (_, idx) in by_spec {
+        let mut bin: Vec<usize> = Vec::new();
+        let mut size = 0u64;
+        for i in idx {
+            let len = manifests[i].manifest_length.max(0) as u64;
+            if !bin.is_empty() && size + len > target {
+                bins.push(std::mem::take(&mut bin));
+                size = 0;
+            }
+            bin.push(i);
+            size += len;
+        }
+        if !bin.is_empty() {
+            bins.push(bin);
+        }
+    }
+    bins
+}
+
+/// A data manifest of an earlier snapshot that lists no live file, only deletes: a merge drops
+/// it (the deletes stay recorded in the snapshot that made them).
+pub fn only_deletes(mf: &ManifestFile) -> bool {
+    mf.content == ManifestContentType::Data && mf.added_files_count == Some(0) && mf.existing_files_count == Some(0)
+}
+
+/// Reads a snapshot's manifest list exactly: a list floe cannot decode stops the commit (or the
+/// maintenance task) with an error, it is never skipped (DESIGN.md §8).
+pub async fn read_manifest_list(
+    io: &FileIO,
     m: &TableMetadata,
-    file_io: &FileIO,
-    path: &str,
-    spec_id: i32,
+    table: &str,
+    snapshot: &Snapshot,
+) -> Result<Vec<ManifestFile>, CommitError> {
+    let path = snapshot.manifest_list();
+    let read = |e: iceberg::Error| CommitError::Io {
+        table: table.to_owned(),
+        what: "manifest list",
+        message: format!("reading {path}: {e}"),
+    };
+    let bytes = io.new_input(path).map_err(read)?.read().await.map_err(read)?;
+    let list = ManifestList::parse_with_version(&bytes, m.format_version()).map_err(|e| CommitError::Invalid {
+        table: table.to_owned(),
+        message: format!(
+            "cannot decode manifest list {path} of snapshot {}: {e}; stopping rather than skipping it",
+            snapshot.snapshot_id()
+        ),
+    })?;
+    Ok(list.consume_entries().into_iter().collect())
+}
+
+/// Reads a manifest's entries (with inherited snapshot ids and sequence numbers filled in),
+/// without keeping them anywhere.
+pub async fn read_manifest(io: &FileIO, table: &str, manifest: &ManifestFile) -> Result<Vec<ManifestEntryRef>, CommitError> {
+    let loaded = manifest.load_manifest(io).await.map_err(|e| CommitError::Invalid {
+        table: table.to_owned(),
+        message: format!("cannot read manifest {}: {e}; stopping rather than skipping it", manifest.manifest_path),
+    })?;
+    Ok(loaded.into_parts().0)
+}
+
+/// Manifests and manifest lists read once: Iceberg never changes a file after writing it, so a
+/// path always has the same content. Kept across the attempts of one commit, a retry after a
+/// conflict reads only what the winning writer added.
+#[derive(Default)]
+pub struct ManifestCache {
+    lists: HashMap<String, Arc<Vec<ManifestFile>>>,
+    manifests: HashMap<String, Arc<Vec<ManifestEntryRef>>>,
+}
+
+impl ManifestCache {
+    /// The manifests a snapshot's manifest list names.
+    pub async fn list(
+        &mut self,
+        io: &FileIO,
+        m: &TableMetadata,
+        table: &str,
+        snapshot: &Snapshot,
+    ) -> Result<Arc<Vec<ManifestFile>>, CommitError> {
+        let path = snapshot.manifest_list();
+        if let Some(l) = self.lists.get(path) {
+            return Ok(l.clone());
+        }
+        let list = Arc::new(read_manifest_list(io, m, table, snapshot).await?);
+        self.lists.insert(path.to_owned(), list.clone());
+        Ok(list)
+    }
+
+    /// The entries of one manifest, with inherited snapshot ids and sequence numbers filled in.
+    pub async fn entries(
+        &mut self,
+        io: &FileIO,
+        table: &str,
+        manifest: &ManifestFile,
+    ) -> Result<Arc<Vec<ManifestEntryRef>>, CommitError> {
+        if let Some(e) = self.manifests.get(&manifest.manifest_path) {
+            return Ok(e.clone());
+        }
+        let entries = Arc::new(read_manifest(io, table, manifest).await?);
+        self.manifests.insert(manifest.manifest_path.clone(), entries.clone());
+        Ok(entries)
+    }
+}
+
+/// A manifest written by [`SnapshotWriter::rewrite`].
+pub struct Rewritten {
+    /// None when every entry of the merged manifests was dropped (only old deletes).
+    pub manifest: Option<ManifestFile>,
+    /// How many of the files to remove were found (and marked DELETED).
+    pub removed: usize,
+}
+
+/// The one way floe builds a snapshot on `main` (every operation uses it: append, skip,
+/// compaction, retention): reads the parent's manifest list, writes the new manifests, carries
+/// every other manifest over as it is, or merges manifests keeping each entry's status, snapshot
+/// id and sequence numbers (DESIGN.md §8), writes the manifest list, and makes the snapshot
+/// `main`'s head, keeping the branch's retention settings that other engines set.
+pub struct SnapshotWriter<'a> {
+    base: &'a LoadedTable,
     snapshot_id: i64,
     sequence_number: i64,
-    files: Vec<DataFile>,
-) -> Result<ManifestFile, iceberg::Error> {
-    // The spec the files were partitioned by, which may no longer be the default one if the
-    // partitioning changed while they were written (a manifest holds files of one spec).
-    let spec = m.partition_spec_by_id(spec_id).ok_or_else(|| {
-        iceberg::Error::new(
-            iceberg::ErrorKind::DataInvalid,
-            format!("partition spec {spec_id} of the written files is not in the table"),
-        )
-    })?;
-    let output = file_io.new_output(path)?;
-    let mut writer = ManifestWriterBuilder::new(
-        output,
-        Some(snapshot_id),
-        m.current_schema().clone(),
-        spec.as_ref().clone(),
-    )
-    .build_v2_data();
-    for f in files {
-        writer.add_file(f, sequence_number)?;
-    }
-    writer.write_manifest_file().await
+    attempt: uuid::Uuid,
+    written: usize,
+    attempt_files: Vec<String>,
 }
+
+impl<'a> SnapshotWriter<'a> {
+    pub fn new(base: &'a LoadedTable) -> Result<SnapshotWriter<'a>, CommitError> {
+        let m = &base.metadata;
+        if m.format_version() == FormatVersion::V1 {
+            return Err(CommitError::Invalid {
+                table: base.name.to_string(),
+                message: "format v1 tables are not supported; upgrade the table to format v2".into(),
+            });
+        }
+        Ok(SnapshotWriter {
+            base,
+            snapshot_id: new_snapshot_id(m),
+            sequence_number: m.last_sequence_number() + 1,
+            attempt: uuid::Uuid::now_v7(),
+            written: 0,
+            attempt_files: Vec::new(),
+        })
+    }
+
+    pub fn snapshot_id(&self) -> i64 {
+        self.snapshot_id
+    }
+
+    fn table(&self) -> String {
+        self.base.name.to_string()
+    }
+
+    fn io_error(&self, what: &'static str, path: &str) -> impl Fn(iceberg::Error) -> CommitError + use<> {
+        let (table, path) = (self.table(), path.to_owned());
+        move |e| CommitError::Io {
+            table: table.clone(),
+            what,
+            message: format!("{path}: {e}"),
+        }
+    }
+
+    fn next_manifest_path(&mut self) -> String {
+        let path = format!("{}/metadata/{}-m{}.avro", self.base.metadata.location(), self.attempt, self.written);
+        self.written += 1;
+        self.attempt_files.push(path.clone());
+        path
+    }
+
+    fn spec(&self, spec_id: i32, whose: &str) -> Result<iceberg::spec::PartitionSpecRef, CommitError> {
+        self.base.metadata.partition_spec_by_id(spec_id).cloned().ok_or_else(|| CommitError::Invalid {
+            table: self.table(),
+            message: format!("{whose} names partition spec {spec_id}, which the table does not have"),
+        })
+    }
+
+    /// The manifests of the parent (main's current snapshot), exactly as its list names them.
+    pub async fn parent_manifests(&self, io: &FileIO, cache: &mut ManifestCache) -> Result<Arc<Vec<ManifestFile>>, CommitError> {
+        match self.base.metadata.current_snapshot() {
+            Some(parent) => cache.list(io, &self.base.metadata, &self.table(), parent).await,
+            None => Ok(Arc::new(Vec::new())),
+        }
+    }
+
+    /// Writes one manifest of ADDED entries for `files`, labelled with the partition spec they
+    /// were written with (which may no longer be the default one: a manifest holds one spec).
+    pub async fn write_added(&mut self, io: &FileIO, spec_id: i32, files: Vec<DataFile>) -> Result<ManifestFile, CommitError> {
+        let spec = self.spec(spec_id, "the written data files' label")?;
+        let path = self.next_manifest_path();
+        let err = self.io_error("manifest", &path);
+        let out = io.new_output(&path).map_err(&err)?;
+        let mut w = ManifestWriterBuilder::new(
+            out,
+            Some(self.snapshot_id),
+            self.base.metadata.current_schema().clone(),
+            spec.as_ref().clone(),
+        )
+        .build_v2_data();
+        for f in files {
+            w.add_file(f, self.sequence_number).map_err(&err)?;
+        }
+        w.write_manifest_file().await.map_err(err)
+    }
+
+    /// Rewrites data manifests of one partition spec as one manifest of this snapshot. Live
+    /// entries become EXISTING with their own snapshot id and data and file sequence numbers;
+    /// those in `remove` become DELETED with this snapshot's id and their original sequence
+    /// numbers; DELETED entries of earlier snapshots are dropped, as Iceberg's manifest merge
+    /// does, and never turned back into live ones.
+    pub async fn rewrite(
+        &mut self,
+        io: &FileIO,
+        cache: &mut ManifestCache,
+        bin: &[&ManifestFile],
+        remove: &HashSet<&str>,
+    ) -> Result<Rewritten, CommitError> {
+        let table = self.table();
+        let Some(first) = bin.first() else {
+            return Ok(Rewritten { manifest: None, removed: 0 });
+        };
+        if let Some(other) = bin.iter().find(|mf| mf.partition_spec_id != first.partition_spec_id || mf.content != ManifestContentType::Data) {
+            return Err(CommitError::Invalid {
+                table,
+                message: format!(
+                    "cannot merge manifest {} with {}: different partition specs or content",
+                    other.manifest_path, first.manifest_path
+                ),
+            });
+        }
+        let spec = self.spec(first.partition_spec_id, &format!("manifest {}", first.manifest_path))?;
+        let path = self.next_manifest_path();
+        let err = self.io_error("manifest", &path);
+        let out = io.new_output(&path).map_err(&err)?;
+        let mut w = ManifestWriterBuilder::new(
+            out,
+            Some(self.snapshot_id),
+            self.base.metadata.current_schema().clone(),
+            spec.as_ref().clone(),
+        )
+        .build_v2_data();
+        let (mut written, mut removed) = (0usize, 0usize);
+        for mf in bin {
+            let entries = cache.entries(io, &table, mf).await?;
+            for e in entries.iter() {
+                if e.status() == ManifestStatus::Deleted {
+                    continue;
+                }
+                let seq = e.sequence_number().ok_or_else(|| CommitError::Invalid {
+                    table: table.clone(),
+                    message: format!("manifest {} lists {} without a sequence number", mf.manifest_path, e.file_path()),
+                })?;
+                let file_seq = e.file_sequence_number.or(Some(seq));
+                let df = e.data_file().clone();
+                if remove.contains(e.file_path()) {
+                    removed += 1;
+                    w.add_delete_file(df, seq, file_seq).map_err(&err)?;
+                } else {
+                    let added_by = e.snapshot_id().unwrap_or(mf.added_snapshot_id);
+                    w.add_existing_file(df, added_by, seq, file_seq).map_err(&err)?;
+                }
+                written += 1;
+            }
+        }
+        let manifest = w.write_manifest_file().await.map_err(err)?;
+        Ok(Rewritten { manifest: (written > 0).then_some(manifest), removed })
+    }
+
+    /// The parent's manifests for an append's new list: as they are, or, once a partition spec
+    /// has at least `policy.min_count` data manifests, merged into manifests of about
+    /// `policy.target_size` (Iceberg's `commit.manifest-merge.enabled`). Merged manifests take
+    /// the place of the first manifest of their bin, so the list keeps its order.
+    pub async fn carry(
+        &mut self,
+        io: &FileIO,
+        cache: &mut ManifestCache,
+        parent: &[ManifestFile],
+        policy: MergePolicy,
+    ) -> Result<Vec<ManifestFile>, CommitError> {
+        let mut per_spec: HashMap<i32, usize> = HashMap::new();
+        for mf in parent.iter().filter(|mf| mf.content == ManifestContentType::Data) {
+            *per_spec.entry(mf.partition_spec_id).or_default() += 1;
+        }
+        let merging = |spec: i32| policy.enabled && per_spec.get(&spec).is_some_and(|n| *n >= policy.min_count);
+        if !parent.iter().any(|mf| mf.content == ManifestContentType::Data && merging(mf.partition_spec_id)) {
+            return Ok(parent.to_vec());
+        }
+        let dead: Vec<bool> = parent
+            .iter()
+            .map(|mf| merging(mf.partition_spec_id) && only_deletes(mf))
+            .collect();
+        let mut bin_of: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut in_bin = vec![false; parent.len()];
+        for mut bin in merge_bins(parent, policy.target_size) {
+            bin.retain(|i| !dead[*i]);
+            if bin.len() < 2 || !merging(parent[bin[0]].partition_spec_id) {
+                continue;
+            }
+            for i in &bin {
+                in_bin[*i] = true;
+            }
+            bin_of.insert(bin[0], bin);
+        }
+        let mut out = Vec::new();
+        let none = HashSet::new();
+        for (i, mf) in parent.iter().enumerate() {
+            if dead[i] {
+                continue;
+            }
+            if !in_bin[i] {
+                out.push(mf.clone());
+                continue;
+            }
+            if let Some(bin) = bin_of.get(&i) {
+                let bin: Vec<&ManifestFile> = bin.iter().map(|j| &parent[*j]).collect();
+                out.extend(self.rewrite(io, cache, &bin, &none).await?.manifest);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the manifest list of `manifests` and returns the new metadata, with this snapshot
+    /// as `main`'s head (its retention settings kept) and `properties` set.
+    pub async fn finish(
+        mut self,
+        io: &FileIO,
+        manifests: Vec<ManifestFile>,
+        operation: SnapshotOperation,
+        summary: HashMap<String, String>,
+        properties: HashMap<String, String>,
+    ) -> Result<Staged, CommitError> {
+        let base = self.base;
+        let m = &base.metadata;
+        let table = self.table();
+        let parent_id = m.current_snapshot_id();
+        let list_path = format!("{}/metadata/snap-{}-1-{}.avro", m.location(), self.snapshot_id, self.attempt);
+        let err = self.io_error("manifest list", &list_path);
+        let out = io.new_output(&list_path).map_err(&err)?;
+        let mut list_writer =
+            ManifestListWriter::v2(out.writer().await.map_err(&err)?, self.snapshot_id, parent_id, self.sequence_number);
+        list_writer.add_manifests(manifests.into_iter()).map_err(&err)?;
+        self.attempt_files.push(list_path.clone());
+        list_writer.close().await.map_err(&err)?;
+
+        let snapshot = Snapshot::builder()
+            .with_snapshot_id(self.snapshot_id)
+            .with_parent_snapshot_id(parent_id)
+            .with_sequence_number(self.sequence_number)
+            .with_timestamp_ms(chrono::Utc::now().timestamp_millis().max(m.last_updated_ms() + 1))
+            .with_manifest_list(list_path)
+            .with_summary(Summary {
+                operation,
+                additional_properties: summary,
+            })
+            .with_schema_id(m.current_schema_id())
+            .build();
+        // `main` keeps the retention other engines gave it (min-snapshots-to-keep,
+        // max-snapshot-age-ms, max-ref-age-ms): floe only moves its head (DESIGN.md §8).
+        let retention = main_retention(m);
+        let metadata = TableMetadataBuilder::new_from_metadata(m.clone(), Some(base.metadata_location.clone()))
+            .add_snapshot(snapshot)
+            .and_then(|b| b.set_ref(MAIN, SnapshotReference::new(self.snapshot_id, retention)))
+            .and_then(|b| b.set_properties(properties))
+            .and_then(|b| b.build())
+            .map_err(|e| CommitError::Invalid {
+                table,
+                message: e.to_string(),
+            })?
+            .metadata;
+        Ok(Staged {
+            metadata,
+            attempt_files: self.attempt_files,
+        })
+    }
+}
+
+/// The branch every engine reads by default.
+pub const MAIN: &str = "main";
+
+/// The retention settings of `main` (none when the table has no `main` yet).
+pub fn main_retention(m: &TableMetadata) -> SnapshotRetention {
+    refs(m)
+        .remove(MAIN)
+        .map(|r| r.retention)
+        .unwrap_or(SnapshotRetention::Branch {
+            min_snapshots_to_keep: None,
+            max_snapshot_age_ms: None,
+            max_ref_age_ms: None,
+        })
+}
+
+/// The table's branches and tags. (The iceberg crate keeps them private; they are read from the
+/// metadata's serialized form, which is exactly what the metadata file holds.)
+pub fn refs(m: &TableMetadata) -> HashMap<String, SnapshotReference> {
+    refs_only::read(m).unwrap_or_else(|| {
+        // Format v1 metadata without refs: main is the current snapshot.
+        m.current_snapshot_id()
+            .map(|id| {
+                HashMap::from([(
+                    MAIN.to_owned(),
+                    SnapshotReference::new(id, SnapshotRetention::branch(None, None, None)),
+                )])
+            })
+            .unwrap_or_default()
+    })
+}
+
 
 /// Skips one record the pipeline is stopped at: moves the ledger from `offset` to `offset + 1`
 /// in a snapshot with no files, so the decision stays in the table's history
@@ -533,18 +926,7 @@ impl Operation for Skip {
             ("floe.skipped".to_owned(), format!("{}:{}", self.tp, self.offset)),
             ("floe.skip-reason".to_owned(), self.reason.clone()),
         ]);
-        let (metadata, attempt_files) =
-            build_snapshot(
-                base,
-                file_io,
-                SnapshotOperation::Append,
-                Vec::new(),
-                base.metadata.default_partition_spec_id(),
-                summary,
-                props,
-            )
-            .await?;
-        Ok(Staged { metadata, attempt_files })
+        append_snapshot(base, file_io, Vec::new(), base.metadata.default_partition_spec_id(), summary, props).await
     }
 
     fn committed(&mut self, new: &LoadedTable, _: u32) -> Self::Outcome {
@@ -565,6 +947,144 @@ pub(crate) fn new_snapshot_id(m: &TableMetadata) -> i64 {
         let id = rng.random_range(1..i64::MAX);
         if m.snapshot_by_id(id).is_none() {
             return id;
+        }
+    }
+}
+
+/// Reads only the `refs` of a table's metadata through its serialized form, without building the
+/// whole serialized tree (a commit on a table with thousands of snapshots would otherwise pay for
+/// a second serialization of all of them).
+mod refs_only {
+    use std::collections::HashMap;
+
+    use iceberg::spec::{SnapshotReference, TableMetadata};
+    use serde::ser::{self, Impossible, Serialize};
+
+    #[derive(Debug)]
+    struct Stop(String);
+
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for Stop {}
+
+    impl ser::Error for Stop {
+        fn custom<T: std::fmt::Display>(msg: T) -> Self {
+            Stop(msg.to_string())
+        }
+    }
+
+    /// The `refs` of `m`; None when the metadata has none (format v1).
+    pub fn read(m: &TableMetadata) -> Option<HashMap<String, SnapshotReference>> {
+        let mut found = None;
+        m.serialize(Top { found: &mut found }).ok()?;
+        found.and_then(|v| serde_json::from_value(v).ok())
+    }
+
+    struct Top<'a> {
+        found: &'a mut Option<serde_json::Value>,
+    }
+
+    struct Fields<'a> {
+        found: &'a mut Option<serde_json::Value>,
+        next_is_refs: bool,
+    }
+
+    impl Fields<'_> {
+        fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Stop> {
+            if key == "refs" {
+                *self.found = Some(serde_json::to_value(value).map_err(|e| Stop(e.to_string()))?);
+            }
+            Ok(())
+        }
+    }
+
+    macro_rules! refuse {
+        ($($name:ident($($arg:ty),*)),* $(,)?) => {
+            $(fn $name(self, $(_: $arg),*) -> Result<(), Stop> { Err(Stop("not table metadata".into())) })*
+        };
+    }
+
+    impl<'a> ser::Serializer for Top<'a> {
+        type Ok = ();
+        type Error = Stop;
+        type SerializeSeq = Impossible<(), Stop>;
+        type SerializeTuple = Impossible<(), Stop>;
+        type SerializeTupleStruct = Impossible<(), Stop>;
+        type SerializeTupleVariant = Impossible<(), Stop>;
+        type SerializeMap = Fields<'a>;
+        type SerializeStruct = Fields<'a>;
+        type SerializeStructVariant = Impossible<(), Stop>;
+
+        refuse!(
+            serialize_bool(bool), serialize_i8(i8), serialize_i16(i16), serialize_i32(i32),
+            serialize_i64(i64), serialize_u8(u8), serialize_u16(u16), serialize_u32(u32),
+            serialize_u64(u64), serialize_f32(f32), serialize_f64(f64), serialize_char(char),
+            serialize_str(&str), serialize_bytes(&[u8]), serialize_none(), serialize_unit(),
+            serialize_unit_struct(&'static str), serialize_unit_variant(&'static str, u32, &'static str),
+        );
+
+        fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Stop> {
+            value.serialize(self)
+        }
+        fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, value: &T) -> Result<(), Stop> {
+            value.serialize(self)
+        }
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(self, _: &'static str, _: u32, _: &'static str, value: &T) -> Result<(), Stop> {
+            value.serialize(self)
+        }
+        fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Stop> {
+            Err(Stop("not table metadata".into()))
+        }
+        fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Stop> {
+            Err(Stop("not table metadata".into()))
+        }
+        fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeTupleStruct, Stop> {
+            Err(Stop("not table metadata".into()))
+        }
+        fn serialize_tuple_variant(self, _: &'static str, _: u32, _: &'static str, _: usize) -> Result<Self::SerializeTupleVariant, Stop> {
+            Err(Stop("not table metadata".into()))
+        }
+        fn serialize_map(self, _: Option<usize>) -> Result<Fields<'a>, Stop> {
+            Ok(Fields { found: self.found, next_is_refs: false })
+        }
+        fn serialize_struct(self, _: &'static str, _: usize) -> Result<Fields<'a>, Stop> {
+            Ok(Fields { found: self.found, next_is_refs: false })
+        }
+        fn serialize_struct_variant(self, _: &'static str, _: u32, _: &'static str, _: usize) -> Result<Self::SerializeStructVariant, Stop> {
+            Err(Stop("not table metadata".into()))
+        }
+    }
+
+    impl ser::SerializeMap for Fields<'_> {
+        type Ok = ();
+        type Error = Stop;
+        fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Stop> {
+            self.next_is_refs = serde_json::to_value(key).is_ok_and(|k| k == "refs");
+            Ok(())
+        }
+        fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Stop> {
+            if std::mem::take(&mut self.next_is_refs) {
+                self.field("refs", value)?;
+            }
+            Ok(())
+        }
+        fn end(self) -> Result<(), Stop> {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeStruct for Fields<'_> {
+        type Ok = ();
+        type Error = Stop;
+        fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Stop> {
+            self.field(key, value)
+        }
+        fn end(self) -> Result<(), Stop> {
+            Ok(())
         }
     }
 }

@@ -90,13 +90,18 @@ fn default_max_new_columns() -> usize {
     20
 }
 
-/// Table maintenance inside `floe run`. A task runs only when its `*_every` is set (retention:
-/// when `retention_column` and `retention_keep` are set, daily unless `retention_every` says).
+/// Table maintenance inside `floe run`, on by default: compaction, snapshot expiry and orphan
+/// removal run with the defaults below without any `[maintenance]` section. Each task is turned
+/// off with `<task>_every = "off"`, all of them with `enabled = false`. Retention runs only when
+/// `retention_column` and `retention_keep` are set (daily unless `retention_every` says).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceConfig {
-    /// Compact small files (and merge manifests) this often, e.g. "5m".
-    #[serde(default, with = "human_duration_opt")]
+    /// Run any maintenance at all inside `floe run`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Compact small files (and merge manifests) this often, e.g. "5m"; "off" to never.
+    #[serde(default = "default_compact_every", with = "human_duration_or_off")]
     pub compact_every: Option<Duration>,
     /// Only compact partitions written within this period, e.g. "2d".
     #[serde(default, with = "human_duration_opt")]
@@ -104,13 +109,17 @@ pub struct MaintenanceConfig {
     /// Size of compacted files. Default: `commit.target_file_size`.
     #[serde(default, with = "human_size_opt")]
     pub target_file_size: Option<u64>,
-    /// Expire old snapshots this often, e.g. "1d".
-    #[serde(default, with = "human_duration_opt")]
+    /// Expire old snapshots this often, e.g. "1d"; "off" to never.
+    #[serde(default = "default_expire_every", with = "human_duration_or_off")]
     pub expire_every: Option<Duration>,
-    #[serde(default = "default_expire_older_than", with = "human_duration")]
-    pub expire_older_than: Duration,
-    #[serde(default = "default_retain_last")]
-    pub retain_last: usize,
+    /// Snapshots older than this are expired. Unset: the table's
+    /// `history.expire.max-snapshot-age-ms`, else 1 hour. A branch's own retention wins.
+    #[serde(default, with = "human_duration_opt")]
+    pub expire_older_than: Option<Duration>,
+    /// Keep at least this many of each branch's latest snapshots. Unset: the table's
+    /// `history.expire.min-snapshots-to-keep`, else 1. A branch's own retention wins.
+    #[serde(default)]
+    pub retain_last: Option<usize>,
     /// The time column whose old rows retention removes.
     pub retention_column: Option<String>,
     /// Rows older than this are removed, e.g. "30d".
@@ -118,8 +127,8 @@ pub struct MaintenanceConfig {
     pub retention_keep: Option<Duration>,
     #[serde(default, with = "human_duration_opt")]
     pub retention_every: Option<Duration>,
-    /// Delete unreferenced files this often, e.g. "1d".
-    #[serde(default, with = "human_duration_opt")]
+    /// Delete unreferenced files this often, e.g. "1d"; "off" to never.
+    #[serde(default = "default_orphans_every", with = "human_duration_or_off")]
     pub orphans_every: Option<Duration>,
     #[serde(default = "default_orphans_older_than", with = "human_duration")]
     pub orphans_older_than: Duration,
@@ -128,22 +137,34 @@ pub struct MaintenanceConfig {
 impl Default for MaintenanceConfig {
     fn default() -> Self {
         MaintenanceConfig {
-            compact_every: None,
+            enabled: true,
+            compact_every: default_compact_every(),
             compact_since: None,
             target_file_size: None,
-            expire_every: None,
-            expire_older_than: default_expire_older_than(),
-            retain_last: default_retain_last(),
+            expire_every: default_expire_every(),
+            expire_older_than: None,
+            retain_last: None,
             retention_column: None,
             retention_keep: None,
             retention_every: None,
-            orphans_every: None,
+            orphans_every: default_orphans_every(),
             orphans_older_than: default_orphans_older_than(),
         }
     }
 }
 
 impl MaintenanceConfig {
+    /// Every task off (what `enabled = false` means).
+    pub fn off() -> Self {
+        MaintenanceConfig {
+            enabled: false,
+            compact_every: None,
+            expire_every: None,
+            orphans_every: None,
+            ..Default::default()
+        }
+    }
+
     /// How often retention runs when it is configured.
     pub fn retention_every(&self) -> Option<Duration> {
         self.retention_keep
@@ -160,10 +181,10 @@ impl MaintenanceConfig {
             ("orphans_every", self.orphans_every),
         ] {
             if v.is_some_and(|d| d < Duration::from_secs(1)) {
-                return Err(format!("maintenance.{key} must be at least \"1s\""));
+                return Err(format!("maintenance.{key} must be at least \"1s\" (or \"off\")"));
             }
         }
-        if self.retain_last == 0 {
+        if self.retain_last == Some(0) {
             return Err("maintenance.retain_last must be at least 1 (the current snapshot is always kept)".into());
         }
         crate::maintain::orphans::check_age(self.orphans_older_than, "maintenance.orphans_older_than")?;
@@ -181,11 +202,17 @@ impl MaintenanceConfig {
     }
 }
 
-fn default_expire_older_than() -> Duration {
-    Duration::from_secs(7 * 86_400)
+fn default_true() -> bool {
+    true
 }
-fn default_retain_last() -> usize {
-    10
+fn default_compact_every() -> Option<Duration> {
+    Some(Duration::from_secs(600))
+}
+fn default_expire_every() -> Option<Duration> {
+    Some(Duration::from_secs(600))
+}
+fn default_orphans_every() -> Option<Duration> {
+    Some(Duration::from_secs(86_400))
 }
 fn default_orphans_older_than() -> Duration {
     Duration::from_secs(3 * 86_400)
@@ -907,6 +934,25 @@ mod human_duration {
     }
 }
 
+/// A task's period: a duration, or "off" (also "never", "none") for a task that never runs.
+mod human_duration_or_off {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        if ["off", "never", "none"].contains(&s.trim().to_ascii_lowercase().as_str()) {
+            return Ok(None);
+        }
+        humantime::parse_duration(&s).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is neither a duration ({e}) nor \"off\"; write e.g. \"10m\", \"1d\" or \"off\""
+            ))
+        })
+    }
+}
+
 /// Optional durations (the field is absent when not configured).
 mod human_duration_opt {
     use std::time::Duration;
@@ -1241,10 +1287,21 @@ mod tests {
         let m = &c.maintenance;
         assert_eq!(m.compact_every, Some(Duration::from_secs(300)));
         assert_eq!(m.compact_since, Some(Duration::from_secs(2 * 86_400)));
-        assert_eq!(m.retain_last, 3);
-        assert_eq!(m.expire_older_than, Duration::from_secs(7 * 86_400));
+        assert_eq!(m.retain_last, Some(3));
+        assert_eq!(m.expire_older_than, None, "unset: the table's history.expire.max-snapshot-age-ms decides");
         assert_eq!(m.retention_every(), Some(Duration::from_secs(86_400)));
-        assert!(Config::defaults().maintenance.compact_every.is_none());
+        assert_eq!(m.orphans_every, Some(Duration::from_secs(86_400)), "what is not mentioned keeps its default");
+        // Healthy by default: compaction, expiry and orphan removal without a [maintenance] section.
+        let d = Config::defaults().maintenance;
+        assert!(d.enabled);
+        assert_eq!(d.compact_every, Some(Duration::from_secs(600)));
+        assert_eq!(d.expire_every, Some(Duration::from_secs(600)));
+        assert_eq!(d.orphans_every, Some(Duration::from_secs(86_400)));
+        assert_eq!(d.retention_every(), None);
+        let off = parse("[maintenance]\ncompact_every = \"off\"\norphans_every = \"never\"\n").unwrap().maintenance;
+        assert_eq!((off.compact_every, off.expire_every, off.orphans_every), (None, Some(Duration::from_secs(600)), None));
+        assert!(!parse("[maintenance]\nenabled = false\n").unwrap().maintenance.enabled);
+        assert!(err("[maintenance]\ncompact_every = \"sometimes\"").contains("nor \"off\""));
         assert!(err("[maintenance]\nretention_keep = \"30d\"").contains("retention_column"));
         assert!(err("[maintenance]\nretention_column = \"ts\"").contains("retention_keep"));
         assert!(err("[maintenance]\norphans_older_than = \"5m\"").contains("too short"));

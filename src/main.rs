@@ -146,12 +146,14 @@ enum MaintainTask {
     },
     /// Remove old snapshots and delete the files only they reached. The ledger stays.
     ExpireSnapshots {
-        /// Snapshots older than this may go, e.g. `7d`.
+        /// Snapshots older than this may go, e.g. `7d`. Default: the table's
+        /// `history.expire.max-snapshot-age-ms`, else 1h. A branch's own retention wins.
         #[arg(long, value_parser = humantime::parse_duration)]
-        older_than: Duration,
-        /// Always keep this many of the latest snapshots of each branch.
-        #[arg(long, default_value_t = 1)]
-        retain_last: usize,
+        older_than: Option<Duration>,
+        /// Always keep this many of the latest snapshots of each branch. Default: the table's
+        /// `history.expire.min-snapshots-to-keep`, else 1. A branch's own retention wins.
+        #[arg(long)]
+        retain_last: Option<usize>,
     },
     /// Remove the rows whose time column is older than the cutoff.
     Retention {

@@ -163,6 +163,11 @@ fn entry_numbers(l: &LiveFiles) -> BTreeMap<String, Numbers> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_after_300_commits_packs_partitions_and_keeps_every_row() {
     let fx = fixture().await;
+    // Appends keep one manifest each here (the table says so), for compaction to merge.
+    fx.engine
+        .commit(&mut SetProperties(HashMap::from([("commit.manifest-merge.enabled".to_owned(), "false".to_owned())])))
+        .await
+        .unwrap();
     let base = today_us();
     // 300 one-second commits of 20 rows over 3 days.
     for c in 0..300i64 {
@@ -318,11 +323,11 @@ async fn expiry_leaves_no_unreachable_file_and_keeps_the_ledger() {
     let before = fx.engine.load().await.unwrap();
     let ledger = before.metadata.properties()[&floe::ledger::property_key(PIPELINE)].clone();
 
-    let dry = expire_snapshots(&fx.engine, &ExpireOptions { older_than: Duration::ZERO, retain_last: 2, dry_run: true }).await.unwrap();
+    let dry = expire_snapshots(&fx.engine, &ExpireOptions { older_than: Some(Duration::ZERO), retain_last: Some(2), dry_run: true }).await.unwrap();
     assert_eq!(dry.expired.len(), before.metadata.snapshots().len() - 2, "{dry}");
     assert_eq!(fx.engine.load().await.unwrap().metadata_location, before.metadata_location);
 
-    let r = expire_snapshots(&fx.engine, &ExpireOptions { older_than: Duration::ZERO, retain_last: 2, dry_run: false }).await.unwrap();
+    let r = expire_snapshots(&fx.engine, &ExpireOptions { older_than: Some(Duration::ZERO), retain_last: Some(2), dry_run: false }).await.unwrap();
     assert!(!r.data_files.is_empty() && !r.manifests.is_empty(), "{r}");
     let t = fx.engine.load().await.unwrap();
     assert_eq!(t.metadata.snapshots().len(), 2);
@@ -501,7 +506,7 @@ async fn a_replace_leaves_out_groups_whose_files_are_gone_from_the_base() {
     paths.sort();
     let [a, b, c, d] = &paths[..] else { panic!("{paths:?}") };
     // Someone else removes `a` (here: a retention-style drop) after our plan was made.
-    let mut drop_a = Rewrite::new(Task::Retention, vec![Group { remove: vec![a.clone()], add: vec![], reads_rows: false }], false);
+    let mut drop_a = Rewrite::new(Task::Retention, vec![Group { remove: vec![a.clone()], add: vec![], spec_id: 0, reads_rows: false }], false);
     let o = fx.engine.commit(&mut drop_a).await.unwrap();
     assert!(o.snapshot_id.is_some());
     assert_eq!(fx.engine.load().await.unwrap().metadata.current_snapshot().unwrap().summary().operation.as_str(), "delete");
@@ -514,8 +519,8 @@ async fn a_replace_leaves_out_groups_whose_files_are_gone_from_the_base() {
     let mut compact = Rewrite::new(
         Task::Compact,
         vec![
-            Group { remove: vec![a.clone(), b.clone()], add: x, reads_rows: true },
-            Group { remove: vec![c.clone(), d.clone()], add: y, reads_rows: true },
+            Group { remove: vec![a.clone(), b.clone()], add: x, spec_id: 0, reads_rows: true },
+            Group { remove: vec![c.clone(), d.clone()], add: y, spec_id: 0, reads_rows: true },
         ],
         true,
     );
@@ -530,4 +535,204 @@ async fn a_replace_leaves_out_groups_whose_files_are_gone_from_the_base() {
     assert_eq!((sum["deleted-data-files"].as_str(), sum["added-data-files"].as_str()), ("2", "1"));
     assert_eq!(sum["total-data-files"], "2");
     assert_eq!(sum["total-records"], "3");
+}
+
+/// Sets table properties in one commit (as another engine's `ALTER TABLE ... SET PROPERTIES`).
+struct SetProperties(HashMap<String, String>);
+
+impl floe::commit::Operation for SetProperties {
+    type Outcome = ();
+    fn check(&mut self, _: &floe::catalog::LoadedTable) -> Result<floe::commit::Check<()>, floe::commit::CommitError> {
+        Ok(floe::commit::Check::Proceed)
+    }
+    async fn build(&mut self, base: &floe::catalog::LoadedTable, _: &iceberg::io::FileIO) -> Result<floe::commit::Staged, floe::commit::CommitError> {
+        let metadata = iceberg::spec::TableMetadataBuilder::new_from_metadata(base.metadata.clone(), Some(base.metadata_location.clone()))
+            .set_properties(self.0.clone())
+            .unwrap()
+            .build()
+            .unwrap()
+            .metadata;
+        Ok(floe::commit::Staged { metadata, attempt_files: Vec::new() })
+    }
+    fn committed(&mut self, _: &floe::catalog::LoadedTable, _: u32) {}
+}
+
+/// Every live data file's partition, recomputed from the rows in it with the spec its manifest
+/// names, equals the value it is labelled with.
+async fn assert_labels_match_data(fx: &Fixture) {
+    use iceberg::spec::{Literal, PrimitiveLiteral, Transform};
+    let t = fx.engine.load().await.unwrap();
+    let io = fx.engine.catalog().file_io();
+    let live = live(fx).await;
+    assert!(!live.data.is_empty());
+    for f in live.data.values() {
+        let spec = t.metadata.partition_spec_by_id(f.spec_id).unwrap();
+        assert_eq!(spec.fields().len(), 1);
+        let unit = match spec.fields()[0].transform {
+            Transform::Day => DAY_US,
+            Transform::Hour => HOUR_US,
+            other => panic!("unexpected transform {other}"),
+        };
+        let label = match f.entry.data_file().partition().iter().next().flatten() {
+            Some(Literal::Primitive(PrimitiveLiteral::Int(v))) => *v as i64,
+            other => panic!("{}: partition {other:?}", f.path()),
+        };
+        let batches = floe::maintain::compact::read_files(io, "default.events", &t.metadata, &[f]).await.unwrap();
+        for b in batches {
+            let ts = b.column_by_name("ts").unwrap().as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap().clone();
+            for i in 0..ts.len() {
+                assert_eq!(
+                    ts.value(i).div_euclid(unit),
+                    label,
+                    "{} (spec {}, {:?}) holds a row of another partition",
+                    f.path(),
+                    f.spec_id,
+                    spec.fields()[0].transform
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioning_change_between_planning_and_commit_of_a_compaction_refuses_the_group() {
+    use floe::maintain::compact::{Prepared, prepare};
+    let fx = fixture().await;
+    let day = today_us() - DAY_US;
+    // Rows of one day over several hours, in many small files.
+    for c in 0..12i64 {
+        append(&fx, &[(c, Some(day + (c % 4) * HOUR_US + c)), (100 + c, Some(day + (c % 4) * HOUR_US + 7))]).await;
+    }
+    let rows = scan(&fx).await;
+    let opts = CompactOptions { target_file_size: 1 << 20, since: None, dry_run: false };
+    let Prepared::Commit(planned) = prepare(&fx.engine, &opts).await.unwrap() else { panic!("nothing to compact") };
+    let planned_groups = planned.groups().len();
+    assert!(planned_groups >= 1);
+    assert!(planned.groups().iter().all(|g| g.spec_id == 0), "planned with the day spec");
+    let written: Vec<PathBuf> = planned.groups().iter().flat_map(|g| g.add.iter().map(|f| local(f.file_path()))).collect();
+    assert!(written.iter().all(|p| p.exists()));
+
+    // Meanwhile the partitioning changes to the same shape on the same column: day -> hour.
+    let stmt = floe::ddl::parse_alter_table("ALTER TABLE events SET PROPERTIES partitioning = ARRAY['hour(ts)']").unwrap();
+    let changed = fx.engine.commit(&mut floe::alter::Alter::new(stmt.action)).await.unwrap();
+    assert!(changed.is_ok(), "{changed:?}");
+    let t = fx.engine.load().await.unwrap();
+    assert_ne!(t.metadata.default_partition_spec_id(), 0);
+
+    let report = planned.commit(&fx.engine).await.unwrap();
+    let o = report.outcome.clone().unwrap();
+    assert_eq!((o.groups_committed, o.groups_spec_changed), (0, planned_groups), "{report}");
+    assert!(written.iter().all(|p| !p.exists()), "the refused group's files are deleted");
+    // Nothing was replaced: every row once, every file labelled by its own spec.
+    assert_eq!(scan(&fx).await, rows);
+    assert!(live(&fx).await.data.values().all(|f| f.spec_id == 0));
+    assert_labels_match_data(&fx).await;
+
+    // Appends under the hour spec, then a compaction planned and committed under it.
+    for c in 12..18i64 {
+        append(&fx, &[(c, Some(day + 5 * HOUR_US + c)), (100 + c, Some(day + 6 * HOUR_US + c))]).await;
+    }
+    let r = compact(&fx.engine, &opts).await.unwrap();
+    let o = r.outcome.clone().unwrap();
+    assert!(o.groups_committed >= 1 && o.groups_spec_changed == 0, "{r}");
+    let live_now = live(&fx).await;
+    let hour_spec = fx.engine.load().await.unwrap().metadata.default_partition_spec_id();
+    assert_eq!(live_now.data.values().filter(|f| f.spec_id == hour_spec).count(), 2, "one file per hour after compaction");
+    assert_eq!(scan(&fx).await.len(), rows.len() + 12);
+    assert_labels_match_data(&fx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_maintenance_keeps_files_manifests_and_metadata_bounded_over_1000_commits() {
+    use floe::maintain::schedule::{Kind, run_task};
+    let fx = fixture().await;
+    // What `floe run` runs without a [maintenance] section.
+    let config = floe::config::Config::defaults();
+    let maintenance = config.maintenance.clone();
+    assert!(maintenance.enabled && maintenance.compact_every.is_some() && maintenance.expire_every.is_some() && maintenance.orphans_every.is_some());
+    let base = today_us();
+    let io = fx.engine.catalog().file_io();
+    let (mut max_files, mut max_manifests) = (0usize, 0usize);
+    for c in 0..1000i64 {
+        append(&fx, &[(c, Some(base - (c % 2) * DAY_US + c))]).await;
+        let t = fx.engine.load().await.unwrap();
+        let list = floe::commit::read_manifest_list(io, &t.metadata, "default.events", t.metadata.current_snapshot().unwrap()).await.unwrap();
+        max_manifests = max_manifests.max(list.len());
+        let total: usize = summary(&t)["total-data-files"].parse().unwrap();
+        max_files = max_files.max(total);
+        // The scheduler's period, in commits of a 1 s loader would be 600; every 100 here.
+        if (c + 1) % 100 == 0 {
+            for kind in [Kind::Compact, Kind::Expire, Kind::Orphans] {
+                run_task(&fx.engine, &maintenance, kind, config.commit.target_file_size).await.unwrap();
+            }
+        }
+    }
+    let t = fx.engine.load().await.unwrap();
+    let live_now = live(&fx).await;
+    assert!(max_manifests <= 102, "at most 100 carried manifests of a spec plus the new one: {max_manifests}");
+    assert!(max_files <= 104, "compaction keeps the data files bounded: at most {max_files}");
+    assert!(live_now.data.len() <= 4, "{} live files right after compaction", live_now.data.len());
+    // Manifests were merged keeping every file exactly once: every row reads back.
+    let ids: Vec<i64> = scan(&fx).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(ids, (0..1000).collect::<Vec<_>>());
+    assert_eq!(Ledger::from_properties(t.metadata.properties(), PIPELINE).unwrap().get(&TopicPartition::new("events", 0)), Some(1000));
+    // The metadata log is trimmed to write.metadata.previous-versions-max (100) and the files
+    // that drop out of it are deleted.
+    assert!(t.metadata.metadata_log().len() <= 100, "{}", t.metadata.metadata_log().len());
+    let metadata_files = files_under(&table_dir(&fx).join("metadata"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".metadata.json"))
+        .count();
+    assert!(metadata_files <= 101, "{metadata_files} metadata files kept");
+    // Entries kept their snapshot ids: the manifests name only snapshots the table has had, and
+    // ADDED entries only in the manifests their snapshot wrote.
+    let list = floe::commit::read_manifest_list(io, &t.metadata, "default.events", t.metadata.current_snapshot().unwrap()).await.unwrap();
+    for mf in &list {
+        for e in floe::commit::read_manifest(io, "default.events", mf).await.unwrap() {
+            if e.status() == iceberg::spec::ManifestStatus::Added {
+                assert_eq!(e.snapshot_id(), Some(mf.added_snapshot_id), "{}", mf.manifest_path);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_properties_decide_manifest_merging_and_old_metadata_deletion() {
+    let fx = fixture().await;
+    let props = |kv: &[(&str, &str)]| SetProperties(kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    fx.engine
+        .commit(&mut props(&[
+            ("commit.manifest.min-count-to-merge", "5"),
+            ("write.metadata.previous-versions-max", "3"),
+            ("write.metadata.delete-after-commit.enabled", "false"),
+        ]))
+        .await
+        .unwrap();
+    let io = fx.engine.catalog().file_io();
+    let base = today_us();
+    let mut lens = Vec::new();
+    for c in 0..12i64 {
+        append(&fx, &[(c, Some(base + c))]).await;
+        let t = fx.engine.load().await.unwrap();
+        lens.push(floe::commit::read_manifest_list(io, &t.metadata, "t", t.metadata.current_snapshot().unwrap()).await.unwrap().len());
+    }
+    // 1..5 manifests, then the 5 carried ones merge into one (plus the new one): 2, 3, ..., 5, 2, ...
+    assert_eq!(lens, vec![1, 2, 3, 4, 5, 2, 3, 4, 5, 2, 3, 4]);
+    let t = fx.engine.load().await.unwrap();
+    assert_eq!(t.metadata.metadata_log().len(), 3);
+    let count = || files_under(&table_dir(&fx).join("metadata")).into_iter().filter(|p| p.to_string_lossy().ends_with(".metadata.json")).count();
+    assert_eq!(count(), 14, "delete-after-commit disabled: every version stays");
+    fx.engine.commit(&mut props(&[("write.metadata.delete-after-commit.enabled", "true")])).await.unwrap();
+    append(&fx, &[(12, Some(base))]).await;
+    // Only those that drop out of the log now (the rest is for remove-orphans).
+    assert_eq!(count(), 16 - 2);
+    let ids: Vec<i64> = scan(&fx).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(ids, (0..13).collect::<Vec<_>>());
+    let bad = fx.engine.commit(&mut props(&[("commit.manifest.min-count-to-merge", "lots")])).await;
+    assert!(bad.is_ok());
+    let t = fx.engine.load().await.unwrap();
+    let files = floe::write::write_data_files(io, &t.metadata, t.metadata.current_schema(), vec![batch(&t.metadata, &[(13, Some(base))])], 1 << 20).await.unwrap();
+    let range = OffsetRange { tp: TopicPartition::new("events", 0), expected: Some(13), first: 13, end: 14 };
+    let e = fx.engine.commit(&mut Append::new(PIPELINE, vec![range], files, 0)).await.unwrap_err().to_string();
+    assert!(e.contains("commit.manifest.min-count-to-merge") && e.contains("\"lots\""), "{e}");
 }

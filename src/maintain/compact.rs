@@ -173,6 +173,59 @@ impl fmt::Display for CompactReport {
 
 /// Compacts the engine's table.
 pub async fn compact(engine: &CommitEngine, opts: &CompactOptions) -> Result<CompactReport, MaintainError> {
+    match prepare(engine, opts).await? {
+        Prepared::Done(report) => Ok(report),
+        Prepared::Commit(planned) => planned.commit(engine).await,
+    }
+}
+
+/// A compaction planned and written, not committed yet.
+pub struct Planned {
+    report: CompactReport,
+    groups: Vec<Group>,
+    cache: ManifestCache,
+}
+
+impl Planned {
+    /// The planned groups, each with the partition spec its new files were written with.
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    /// Commits through the engine; groups whose files changed meanwhile, or whose partition
+    /// spec is no longer the table's default, are left out and their new files deleted.
+    pub async fn commit(self, engine: &CommitEngine) -> Result<CompactReport, MaintainError> {
+        let Planned { mut report, groups, cache } = self;
+        let io = engine.catalog().file_io();
+        let written: Vec<String> = groups.iter().flat_map(|g| g.add.iter().map(|f| f.file_path().to_owned())).collect();
+        let mut op = Rewrite::new(Task::Compact, groups, true).with_cache(cache);
+        match engine.commit(&mut op).await {
+            Ok(outcome) => {
+                crate::write::delete_files(io, outcome.unreferenced.clone()).await;
+                report.manifests_after = outcome.manifests_after;
+                report.outcome = Some(outcome);
+                Ok(report)
+            }
+            // The swap's outcome is unknown: the files may be referenced now (remove-orphans
+            // deletes them later if not).
+            Err(e @ CommitError::Catalog(_)) => Err(e.into()),
+            Err(e) => {
+                crate::write::delete_files(io, written).await;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// What [`prepare`] came to.
+pub enum Prepared {
+    /// Nothing to commit (a dry run, or nothing to do): the report says what would be done.
+    Done(CompactReport),
+    Commit(Planned),
+}
+
+/// Plans compaction on the current table and writes the compacted files.
+pub async fn prepare(engine: &CommitEngine, opts: &CompactOptions) -> Result<Prepared, MaintainError> {
     let table = engine.load().await?;
     let name = table.name.to_string();
     let io = engine.catalog().file_io();
@@ -181,7 +234,7 @@ pub async fn compact(engine: &CommitEngine, opts: &CompactOptions) -> Result<Com
     let candidates = candidates(&table.metadata, &live, opts.since, super::now_ms());
     let groups = plan(&candidates, opts.target_file_size);
     let bins = merge_bins(&live.manifests, MANIFEST_TARGET_SIZE);
-    let mut report = CompactReport {
+    let report = CompactReport {
         table: name.clone(),
         dry_run: opts.dry_run,
         data_files_before: live.data.len(),
@@ -192,8 +245,11 @@ pub async fn compact(engine: &CommitEngine, opts: &CompactOptions) -> Result<Com
     };
     let merge_needed = bins.iter().any(|b| b.len() > 1);
     if opts.dry_run || (groups.is_empty() && !merge_needed) {
-        return Ok(report);
+        return Ok(Prepared::Done(report));
     }
+    // The compacted files are partitioned by the spec of this plan (candidates are files of
+    // the default spec); the commit checks that it is still the default.
+    let spec_id = table.metadata.default_partition_spec_id();
     let mut rewrite_groups = Vec::with_capacity(groups.len());
     let mut written: Vec<String> = Vec::new();
     for g in &groups {
@@ -225,31 +281,17 @@ pub async fn compact(engine: &CommitEngine, opts: &CompactOptions) -> Result<Com
         rewrite_groups.push(Group {
             remove: g.files.clone(),
             add,
+            spec_id,
             reads_rows: true,
         });
     }
     drop(live);
-    let mut op = Rewrite::new(Task::Compact, rewrite_groups, true).with_cache(cache);
-    match engine.commit(&mut op).await {
-        Ok(outcome) => {
-            crate::write::delete_files(io, outcome.unreferenced.clone()).await;
-            report.manifests_after = outcome.manifests_after;
-            report.outcome = Some(outcome);
-            Ok(report)
-        }
-        // The swap's outcome is unknown: the files may be referenced now (remove-orphans
-        // deletes them later if not).
-        Err(e @ CommitError::Catalog(_)) => Err(e.into()),
-        Err(e) => {
-            crate::write::delete_files(io, written).await;
-            Err(e.into())
-        }
-    }
+    Ok(Prepared::Commit(Planned { report, groups: rewrite_groups, cache }))
 }
 
 /// Reads data files as batches of the table's current schema (columns added since a file was
 /// written come back as nulls, as every reader sees them).
-pub(crate) async fn read_files(
+pub async fn read_files(
     io: &FileIO,
     table: &str,
     m: &TableMetadata,

@@ -18,13 +18,9 @@ pub mod rewrite;
 pub mod schedule;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use iceberg::io::FileIO;
-use iceberg::spec::{
-    DataContentType, ManifestContentType, ManifestEntryRef, ManifestFile, ManifestList, Snapshot,
-    SnapshotReference, Struct, TableMetadata,
-};
+use iceberg::spec::{DataContentType, ManifestContentType, ManifestEntryRef, ManifestFile, Struct};
 
 use crate::catalog::{CatalogError, LoadedTable};
 use crate::commit::CommitError;
@@ -102,83 +98,7 @@ impl From<MaintainError> for CommitError {
     }
 }
 
-/// Manifests and manifest lists read once: Iceberg never changes a file after writing it, so a
-/// path always has the same content. Kept across the attempts of one commit, a retry after a
-/// conflict reads only what the winning writer added.
-#[derive(Default)]
-pub struct ManifestCache {
-    lists: HashMap<String, Arc<Vec<ManifestFile>>>,
-    manifests: HashMap<String, Arc<Vec<ManifestEntryRef>>>,
-}
-
-impl ManifestCache {
-    /// The manifests a snapshot's manifest list names, read without keeping them (expiry and the
-    /// orphan sweep read every snapshot's list once; keeping them all would hold the history's
-    /// quadratic number of entries in memory).
-    pub async fn list_once(
-        io: &FileIO,
-        m: &TableMetadata,
-        table: &str,
-        snapshot: &Snapshot,
-    ) -> Result<Vec<ManifestFile>, MaintainError> {
-        let path = snapshot.manifest_list();
-        let read = |e: iceberg::Error| MaintainError::io(table, "reading manifest list", path, e);
-        let bytes = io.new_input(path).map_err(read)?.read().await.map_err(read)?;
-        let list = ManifestList::parse_with_version(&bytes, m.format_version()).map_err(|e| {
-            MaintainError::invalid(
-                table,
-                format!(
-                    "cannot decode manifest list {path} of snapshot {}: {e}; stopping rather than \
-                     skipping it",
-                    snapshot.snapshot_id()
-                ),
-            )
-        })?;
-        Ok(list.consume_entries().into_iter().collect())
-    }
-
-    /// The manifests a snapshot's manifest list names.
-    pub async fn list(
-        &mut self,
-        io: &FileIO,
-        m: &TableMetadata,
-        table: &str,
-        snapshot: &Snapshot,
-    ) -> Result<Arc<Vec<ManifestFile>>, MaintainError> {
-        let path = snapshot.manifest_list();
-        if let Some(l) = self.lists.get(path) {
-            return Ok(l.clone());
-        }
-        let list = Arc::new(Self::list_once(io, m, table, snapshot).await?);
-        self.lists.insert(path.to_owned(), list.clone());
-        Ok(list)
-    }
-
-    /// The entries of one manifest, with inherited snapshot ids and sequence numbers filled in.
-    pub async fn entries(
-        &mut self,
-        io: &FileIO,
-        table: &str,
-        manifest: &ManifestFile,
-    ) -> Result<Arc<Vec<ManifestEntryRef>>, MaintainError> {
-        if let Some(e) = self.manifests.get(&manifest.manifest_path) {
-            return Ok(e.clone());
-        }
-        let loaded = manifest.load_manifest(io).await.map_err(|e| {
-            MaintainError::invalid(
-                table,
-                format!(
-                    "cannot read manifest {}: {e}; stopping rather than skipping it",
-                    manifest.manifest_path
-                ),
-            )
-        })?;
-        let (entries, _) = loaded.into_parts();
-        let entries = Arc::new(entries);
-        self.manifests.insert(manifest.manifest_path.clone(), entries.clone());
-        Ok(entries)
-    }
-}
+pub use crate::commit::ManifestCache;
 
 /// One live file of a snapshot, with where it is listed.
 #[derive(Clone)]
@@ -285,25 +205,7 @@ pub fn local_path(location: &str) -> Option<std::path::PathBuf> {
     Some(std::path::PathBuf::from(rest))
 }
 
-/// The table's branches and tags. (The iceberg crate keeps them private; they are read from the
-/// metadata's serialized form, which is exactly what the metadata file holds.)
-pub fn refs(m: &TableMetadata) -> HashMap<String, SnapshotReference> {
-    let value = serde_json::to_value(m).ok();
-    value
-        .and_then(|mut v| v.get_mut("refs").map(serde_json::Value::take))
-        .and_then(|refs| serde_json::from_value(refs).ok())
-        .unwrap_or_else(|| {
-            // Format v1 metadata without refs: main is the current snapshot.
-            m.current_snapshot_id()
-                .map(|id| {
-                    HashMap::from([(
-                        "main".to_owned(),
-                        SnapshotReference::new(id, iceberg::spec::SnapshotRetention::branch(None, None, None)),
-                    )])
-                })
-                .unwrap_or_default()
-        })
-}
+pub use crate::commit::refs;
 
 /// Milliseconds since the epoch, now.
 pub(crate) fn now_ms() -> i64 {

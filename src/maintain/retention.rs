@@ -236,7 +236,7 @@ pub async fn retention(engine: &CommitEngine, opts: &RetentionOptions) -> Result
             Fate::Keep => {}
             Fate::Drop => {
                 report.dropped.push((f.path().to_owned(), f.entry.record_count()));
-                groups.push(Group { remove: vec![f.path().to_owned()], add: Vec::new(), reads_rows: false });
+                groups.push(Group { remove: vec![f.path().to_owned()], add: Vec::new(), spec_id: m.default_partition_spec_id(), reads_rows: false });
             }
             Fate::Rewrite if live.has_deletes(f) => report.skipped_with_deletes.push(f.path().to_owned()),
             Fate::Rewrite => {
@@ -253,7 +253,7 @@ pub async fn retention(engine: &CommitEngine, opts: &RetentionOptions) -> Result
                 }
                 if after == 0 {
                     report.dropped.push((f.path().to_owned(), before));
-                    groups.push(Group { remove: vec![f.path().to_owned()], add: Vec::new(), reads_rows: false });
+                    groups.push(Group { remove: vec![f.path().to_owned()], add: Vec::new(), spec_id: m.default_partition_spec_id(), reads_rows: false });
                     continue;
                 }
                 report.rewritten.push((f.path().to_owned(), before, after));
@@ -268,7 +268,8 @@ pub async fn retention(engine: &CommitEngine, opts: &RetentionOptions) -> Result
                     }
                 };
                 written.extend(add.iter().map(|d| d.file_path().to_owned()));
-                groups.push(Group { remove: vec![f.path().to_owned()], add, reads_rows: true });
+                // Written with the spec of this plan; the commit checks it is still the default.
+                groups.push(Group { remove: vec![f.path().to_owned()], add, spec_id: m.default_partition_spec_id(), reads_rows: true });
             }
         }
     }

@@ -16,24 +16,23 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use iceberg::io::FileIO;
-use iceberg::spec::{
-    DataFile, FormatVersion, ManifestContentType, ManifestFile, ManifestListWriter, ManifestStatus,
-    ManifestWriterBuilder, Operation as SnapshotOperation, Snapshot, SnapshotReference,
-    SnapshotRetention, Summary, TableMetadataBuilder,
-};
+use iceberg::spec::{DataFile, FormatVersion, ManifestContentType, ManifestFile, Operation as SnapshotOperation};
 
 use super::{LiveFiles, ManifestCache, MaintainError, SUMMARY_TASK, partition_key};
 use crate::catalog::LoadedTable;
-use crate::commit::{Check, CommitError, Operation, Staged, new_snapshot_id};
-
-/// Iceberg's default target size of a merged manifest (`commit.manifest.target-size-bytes`).
-pub const MANIFEST_TARGET_SIZE: u64 = 8 << 20;
+use crate::commit::{Check, CommitError, Operation, SnapshotWriter, Staged, only_deletes};
+pub use crate::commit::{MANIFEST_TARGET_SIZE, merge_bins};
 
 /// Files to remove and the files that replace them; committed together or not at all.
 #[derive(Debug, Clone, Default)]
 pub struct Group {
     pub remove: Vec<String>,
     pub add: Vec<DataFile>,
+    /// The partition spec `add` was written (partitioned) with, at planning time. The group
+    /// commits only while that is still the table's default spec, and its files are labelled
+    /// with it: a partitioning change made meanwhile (day -> hour, bucket 16 -> 32) would
+    /// otherwise label files with partition values of another spec.
+    pub spec_id: i32,
     /// The new files were made by reading the removed files' rows: delete files that apply to
     /// them forbid the commit (a dropped file's deletes do not matter).
     pub reads_rows: bool,
@@ -66,6 +65,8 @@ pub struct Rewrite {
     cache: ManifestCache,
     live: Option<LiveFiles>,
     accepted: Vec<bool>,
+    /// Groups left out because the table's default partition spec is no longer theirs.
+    spec_changed: usize,
     manifests_before: usize,
     manifests_after: usize,
 }
@@ -77,8 +78,10 @@ pub struct RewriteOutcome {
     pub snapshot_id: Option<i64>,
     pub operation: Option<String>,
     pub groups_committed: usize,
-    /// Groups whose files were no longer live (or gained delete files) in the table.
+    /// Groups whose files were no longer live (or gained delete files) in the table, or whose
+    /// partition spec is no longer the table's default (counted in `groups_spec_changed` too).
     pub groups_dropped: usize,
+    pub groups_spec_changed: usize,
     pub files_removed: usize,
     pub files_added: usize,
     pub manifests_before: usize,
@@ -98,6 +101,7 @@ impl Rewrite {
             cache: ManifestCache::default(),
             live: None,
             accepted: Vec::new(),
+            spec_changed: 0,
             manifests_before: 0,
             manifests_after: 0,
         }
@@ -122,6 +126,7 @@ impl Rewrite {
             attempts,
             manifests_before: self.manifests_before,
             manifests_after: if committed { self.manifests_after } else { self.manifests_before },
+            groups_spec_changed: self.spec_changed,
             ..Default::default()
         };
         for (i, g) in self.groups.iter().enumerate() {
@@ -136,43 +141,6 @@ impl Rewrite {
         }
         out
     }
-}
-
-/// Manifests to merge: data manifests of one spec, packed in list order into bins of at most
-/// `target` bytes. Returns bins of indexes into `manifests`; delete manifests are never merged.
-pub fn merge_bins(manifests: &[ManifestFile], target: u64) -> Vec<Vec<usize>> {
-    let mut by_spec: std::collections::BTreeMap<i32, Vec<usize>> = Default::default();
-    for (i, mf) in manifests.iter().enumerate() {
-        if mf.content == ManifestContentType::Data {
-            by_spec.entry(mf.partition_spec_id).or_default().push(i);
-        }
-    }
-    let mut bins = Vec::new();
-    for (_, idx) in by_spec {
-        let mut bin: Vec<usize> = Vec::new();
-        let mut size = 0u64;
-        for i in idx {
-            let len = manifests[i].manifest_length.max(0) as u64;
-            if !bin.is_empty() && size + len > target {
-                bins.push(std::mem::take(&mut bin));
-                size = 0;
-            }
-            bin.push(i);
-            size += len;
-        }
-        if !bin.is_empty() {
-            bins.push(bin);
-        }
-    }
-    bins
-}
-
-/// A data manifest of an earlier snapshot that lists no live file, only deletes: a merge drops
-/// it (the deletes stay recorded in the snapshot that made them).
-fn only_deletes(mf: &ManifestFile) -> bool {
-    mf.content == ManifestContentType::Data
-        && mf.added_files_count == Some(0)
-        && mf.existing_files_count == Some(0)
 }
 
 /// Whether merging would leave fewer manifests than there are.
@@ -198,11 +166,15 @@ impl Operation for Rewrite {
 
     async fn validate(&mut self, base: &LoadedTable, file_io: &FileIO) -> Result<Check<RewriteOutcome>, CommitError> {
         let live = LiveFiles::read(&mut self.cache, file_io, base).await?;
+        let default_spec = base.metadata.default_partition_spec_id();
+        let spec_ok = |g: &Group| g.add.is_empty() || g.spec_id == default_spec;
+        self.spec_changed = self.groups.iter().filter(|g| !spec_ok(g)).count();
         self.accepted = self
             .groups
             .iter()
             .map(|g| {
                 !g.remove.is_empty()
+                    && spec_ok(g)
                     && g.remove.iter().all(|p| {
                         live.data
                             .get(p)
@@ -211,8 +183,11 @@ impl Operation for Rewrite {
             })
             .collect();
         let dropped = self.accepted.iter().filter(|a| !**a).count();
-        if dropped > 0 {
-            tracing::info!(table = %base.name, groups = dropped, "files changed meanwhile (no longer live, or delete files added); leaving those groups out");
+        if self.spec_changed > 0 {
+            tracing::info!(table = %base.name, groups = self.spec_changed, spec = default_spec, "the partition spec changed since the files were written; leaving those groups out (the next run rewrites them with the new spec)");
+        }
+        if dropped > self.spec_changed {
+            tracing::info!(table = %base.name, groups = dropped - self.spec_changed, "files changed meanwhile (no longer live, or delete files added); leaving those groups out");
         }
         self.manifests_before = live.manifests.len();
         let merge = self.merge_manifests && merge_reduces(&live.manifests, self.manifest_target_size);
@@ -254,23 +229,18 @@ impl Rewrite {
     ) -> Result<(iceberg::spec::TableMetadata, Vec<String>, usize), MaintainError> {
         let m = &base.metadata;
         let table = base.name.to_string();
-        let io = |what: &'static str, path: &str| {
-            let (table, path) = (table.clone(), path.to_owned());
-            move |e: iceberg::Error| MaintainError::io(&table, what, &path, e)
-        };
-        let snapshot_id = new_snapshot_id(m);
-        let parent = m.current_snapshot().cloned();
-        let sequence_number = m.last_sequence_number() + 1;
-        let meta_dir = format!("{}/metadata", m.location());
-        let attempt = uuid::Uuid::now_v7();
-        let mut attempt_files = Vec::new();
+        let mut w = SnapshotWriter::new(base)?;
 
         let mut removed: HashSet<&str> = HashSet::new();
         let mut added: Vec<DataFile> = Vec::new();
+        let mut added_spec = None;
         for (g, ok) in self.groups.iter().zip(&self.accepted) {
             if *ok {
                 removed.extend(g.remove.iter().map(String::as_str));
                 added.extend(g.add.iter().cloned());
+                if !g.add.is_empty() {
+                    added_spec = Some(g.spec_id);
+                }
             }
         }
         let mut partitions: BTreeSet<String> = BTreeSet::new();
@@ -281,12 +251,13 @@ impl Rewrite {
             removed_size += f.entry.file_size_in_bytes();
             partitions.insert(f.partition_key());
         }
-        let default_spec = m.default_partition_spec();
+        // Validated: every accepted group that adds files was written with the default spec.
+        let added_spec = added_spec.unwrap_or(m.default_partition_spec_id());
         let (mut added_records, mut added_size) = (0u64, 0u64);
         for f in &added {
             added_records += f.record_count();
             added_size += f.file_size_in_bytes();
-            partitions.insert(partition_key(default_spec.spec_id(), f.partition()));
+            partitions.insert(partition_key(added_spec, f.partition()));
         }
 
         // Which manifests are rewritten: with merging, every bin of more than one manifest; in any
@@ -324,26 +295,8 @@ impl Rewrite {
         }
 
         let mut new_list: Vec<ManifestFile> = Vec::new();
-        let mut n = 0;
-        let next_path = |n: &mut usize| {
-            *n += 1;
-            format!("{meta_dir}/{attempt}-m{}.avro", *n - 1)
-        };
         if !added.is_empty() {
-            let path = next_path(&mut n);
-            let out = file_io.new_output(&path).map_err(io("writing manifest", &path))?;
-            let mut w = ManifestWriterBuilder::new(
-                out,
-                Some(snapshot_id),
-                m.current_schema().clone(),
-                default_spec.as_ref().clone(),
-            )
-            .build_v2_data();
-            for f in added.iter().cloned() {
-                w.add_file(f, sequence_number).map_err(io("writing manifest", &path))?;
-            }
-            attempt_files.push(path.clone());
-            new_list.push(w.write_manifest_file().await.map_err(io("writing manifest", &path))?);
+            new_list.push(w.write_added(file_io, added_spec, added.clone()).await?);
         }
         let mut found = 0usize;
         let mut rewritten = 0usize;
@@ -357,45 +310,11 @@ impl Rewrite {
                 continue;
             }
             let Some(&b) = bin_at.get(&i) else { continue };
-            let bin = &bins[b];
-            let spec = m.partition_spec_by_id(mf.partition_spec_id).ok_or_else(|| {
-                MaintainError::invalid(
-                    &table,
-                    format!("manifest {} names partition spec {}, which the table does not have", mf.manifest_path, mf.partition_spec_id),
-                )
-            })?;
-            let path = next_path(&mut n);
-            let out = file_io.new_output(&path).map_err(io("writing manifest", &path))?;
-            let mut w = ManifestWriterBuilder::new(out, Some(snapshot_id), m.current_schema().clone(), spec.as_ref().clone())
-                .build_v2_data();
-            let mut entries_written = 0usize;
-            for j in bin {
-                rewritten += 1;
-                let entries = self.cache.entries(file_io, &table, &manifests[*j]).await?;
-                for e in entries.iter() {
-                    if e.status() == ManifestStatus::Deleted {
-                        continue;
-                    }
-                    let seq = e.sequence_number().ok_or_else(|| {
-                        MaintainError::invalid(&table, format!("manifest {} lists {} without a sequence number", manifests[*j].manifest_path, e.file_path()))
-                    })?;
-                    let file_seq = e.file_sequence_number.or(Some(seq));
-                    let df = e.data_file().clone();
-                    if removed.contains(e.file_path()) {
-                        found += 1;
-                        w.add_delete_file(df, seq, file_seq).map_err(io("writing manifest", &path))?;
-                    } else {
-                        let added_by = e.snapshot_id().unwrap_or(manifests[*j].added_snapshot_id);
-                        w.add_existing_file(df, added_by, seq, file_seq).map_err(io("writing manifest", &path))?;
-                    }
-                    entries_written += 1;
-                }
-            }
-            attempt_files.push(path.clone());
-            let written = w.write_manifest_file().await.map_err(io("writing manifest", &path))?;
-            if entries_written > 0 {
-                new_list.push(written);
-            }
+            let bin: Vec<&ManifestFile> = bins[b].iter().map(|j| &manifests[*j]).collect();
+            rewritten += bin.len();
+            let out = w.rewrite(file_io, &mut self.cache, &bin, &removed).await?;
+            found += out.removed;
+            new_list.extend(out.manifest);
         }
         if found != removed.len() {
             return Err(MaintainError::invalid(
@@ -403,21 +322,7 @@ impl Rewrite {
                 format!("validated {} files to remove but found {found} of them in the manifests", removed.len()),
             ));
         }
-
-        let list_path = format!("{meta_dir}/snap-{snapshot_id}-1-{attempt}.avro");
-        let out = file_io.new_output(&list_path).map_err(io("writing manifest list", &list_path))?;
-        let mut list_writer = ManifestListWriter::v2(
-            out.writer().await.map_err(io("writing manifest list", &list_path))?,
-            snapshot_id,
-            parent.as_ref().map(|p| p.snapshot_id()),
-            sequence_number,
-        );
         let manifests_after = new_list.len();
-        list_writer
-            .add_manifests(new_list.into_iter())
-            .map_err(io("writing manifest list", &list_path))?;
-        attempt_files.push(list_path.clone());
-        list_writer.close().await.map_err(io("writing manifest list", &list_path))?;
 
         let operation = match self.task {
             Task::Compact => SnapshotOperation::Replace,
@@ -452,35 +357,7 @@ impl Rewrite {
         put("manifests-replaced", rewritten as u64);
         summary.insert(SUMMARY_TASK.to_owned(), self.task.name().to_owned());
         summary.insert("floe.version".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
-
-        let snapshot = Snapshot::builder()
-            .with_snapshot_id(snapshot_id)
-            .with_parent_snapshot_id(parent.as_ref().map(|p| p.snapshot_id()))
-            .with_sequence_number(sequence_number)
-            .with_timestamp_ms(super::now_ms().max(m.last_updated_ms() + 1))
-            .with_manifest_list(list_path)
-            .with_summary(Summary {
-                operation,
-                additional_properties: summary,
-            })
-            .with_schema_id(m.current_schema_id())
-            .build();
-        let metadata = TableMetadataBuilder::new_from_metadata(m.clone(), Some(base.metadata_location.clone()))
-            .add_snapshot(snapshot)
-            .and_then(|b| {
-                // The branch keeps its retention settings.
-                let retention = super::refs(m).remove("main").map(|r| r.retention).unwrap_or(
-                    SnapshotRetention::Branch {
-                        min_snapshots_to_keep: None,
-                        max_snapshot_age_ms: None,
-                        max_ref_age_ms: None,
-                    },
-                );
-                b.set_ref("main", SnapshotReference::new(snapshot_id, retention))
-            })
-            .and_then(|b| b.build())
-            .map_err(|e| MaintainError::invalid(&table, e.to_string()))?
-            .metadata;
-        Ok((metadata, attempt_files, manifests_after))
+        let staged = w.finish(file_io, new_list, operation, summary, HashMap::new()).await?;
+        Ok((staged.metadata, staged.attempt_files, manifests_after))
     }
 }

@@ -24,8 +24,9 @@ const FIRST_RUN_AT_MOST: Duration = Duration::from_secs(300);
 /// then unreferenced and remove-orphans deletes them).
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
+/// A maintenance task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
     Compact,
     Expire,
     Retention,
@@ -59,6 +60,9 @@ impl Scheduler {
 /// Which tasks run, and when each first runs.
 fn jobs(config: &MaintenanceConfig, now: Instant) -> Vec<Job> {
     let mut jobs = Vec::new();
+    if !config.enabled {
+        return jobs;
+    }
     let mut add = |kind, every: Option<Duration>| {
         if let Some(every) = every {
             jobs.push(Job { kind, every, next: now + every.min(FIRST_RUN_AT_MOST) });
@@ -100,7 +104,22 @@ pub fn spawn(engine: CommitEngine, config: &MaintenanceConfig, default_target_fi
 
 async fn run(engine: &CommitEngine, config: &MaintenanceConfig, kind: Kind, default_target: u64) {
     let table = engine.table().to_string();
-    let result = match kind {
+    let result = run_task(engine, config, kind, default_target).await;
+    match result {
+        Ok(summary) => tracing::info!(task = ?kind, table = %table, "{}", summary.trim_end().replace('\n', "; ")),
+        Err(e) if e.is_transient() => tracing::warn!(task = ?kind, table = %table, error = %e, "maintenance task failed; it runs again at its next time"),
+        Err(e) => tracing::error!(task = ?kind, table = %table, error = %e, "maintenance task failed; fix the cause, it runs again at its next time"),
+    }
+}
+
+/// Runs one task once as the scheduler does, with `config`'s settings; returns its report.
+pub async fn run_task(
+    engine: &CommitEngine,
+    config: &MaintenanceConfig,
+    kind: Kind,
+    default_target: u64,
+) -> Result<String, super::MaintainError> {
+    match kind {
         Kind::Compact => compact(
             engine,
             &CompactOptions {
@@ -114,11 +133,14 @@ async fn run(engine: &CommitEngine, config: &MaintenanceConfig, kind: Kind, defa
         Kind::Expire => expire_snapshots(
             engine,
             &ExpireOptions { older_than: config.expire_older_than, retain_last: config.retain_last, dry_run: false },
+            // Unset: the table's history.expire.* properties, else floe's defaults.
         )
         .await
         .map(|r| r.to_string()),
         Kind::Retention => {
-            let (Some(column), Some(keep)) = (&config.retention_column, config.retention_keep) else { return };
+            let (Some(column), Some(keep)) = (&config.retention_column, config.retention_keep) else {
+                return Ok("retention is not configured".into());
+            };
             retention(
                 engine,
                 &RetentionOptions {
@@ -134,11 +156,6 @@ async fn run(engine: &CommitEngine, config: &MaintenanceConfig, kind: Kind, defa
         Kind::Orphans => remove_orphans(engine, &OrphanOptions { older_than: config.orphans_older_than, dry_run: false })
             .await
             .map(|r| r.to_string()),
-    };
-    match result {
-        Ok(summary) => tracing::info!(task = ?kind, table = %table, "{}", summary.trim_end().replace('\n', "; ")),
-        Err(e) if e.is_transient() => tracing::warn!(task = ?kind, table = %table, error = %e, "maintenance task failed; it runs again at its next time"),
-        Err(e) => tracing::error!(task = ?kind, table = %table, error = %e, "maintenance task failed; fix the cause, it runs again at its next time"),
     }
 }
 
@@ -154,11 +171,16 @@ mod tests {
             expire_every: Some(Duration::from_secs(86_400)),
             ..Default::default()
         };
+        let c = MaintenanceConfig { orphans_every: None, ..c };
         let j = jobs(&c, now);
         assert_eq!(j.iter().map(|j| j.kind).collect::<Vec<_>>(), vec![Kind::Compact, Kind::Expire]);
         assert_eq!(j[0].next, now + Duration::from_secs(60));
         assert_eq!(j[1].next, now + FIRST_RUN_AT_MOST);
-        assert!(jobs(&MaintenanceConfig::default(), now).is_empty());
+        // By default compaction, expiry and orphan removal run; `enabled = false` stops all.
+        let d = jobs(&MaintenanceConfig::default(), now);
+        assert_eq!(d.iter().map(|j| j.kind).collect::<Vec<_>>(), vec![Kind::Compact, Kind::Expire, Kind::Orphans]);
+        assert!(jobs(&MaintenanceConfig { enabled: false, ..Default::default() }, now).is_empty());
+        assert!(jobs(&MaintenanceConfig::off(), now).is_empty());
     }
 
     #[tokio::test]

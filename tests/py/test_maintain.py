@@ -228,3 +228,96 @@ def test_floe_and_trino_maintenance_while_floe_ingests(trino_table):
     run.floe_commits_again("floe's expiry")
     floe("remove-orphans", "--older-than", "1h")
     run.finish(removed)
+
+
+def test_branch_and_tag_retention_survive_floe_appends_compaction_and_expiry(tmp_path, floe_bin, kafka_bootstrap, procs):
+    """Retention that pyiceberg sets (main's own, a branch's, a tag's, the table's
+    history.expire.* defaults) is carried through floe's appends and compaction unchanged, and
+    floe's expiry applies exactly Iceberg's rules to it (DESIGN.md §8)."""
+    from loader_harness import Pipeline, assert_each_id_once
+
+    p = Pipeline(tmp_path / "refs", floe_bin, kafka_bootstrap, procs, prefix="floe-refs")
+    p.write_config(interval="1s")
+    with open(p.config, "a") as f:
+        f.write("\n[maintenance]\nenabled = false\n")
+    p.create_table()
+    table = p.table()
+    base = datetime.now(timezone.utc).replace(microsecond=0)
+    arrow = table.schema().as_arrow()
+    for c in range(6):
+        rows = [{"id": 100_000 + c * 10 + i, "timestamp": base - timedelta(hours=i)} for i in range(10)]
+        table.append(pa.Table.from_pylist(rows, schema=arrow))
+    table = p.table()
+    snaps = [s.snapshot_id for s in table.snapshots()]
+    assert len(snaps) == 6
+    rows_at = {sid: table.scan(snapshot_id=sid).count() for sid in snaps}
+    main_retention = {"min_snapshots_to_keep": 3, "max_snapshot_age_ms": 1, "max_ref_age_ms": 10 * 86_400_000}
+    (
+        table.manage_snapshots()
+        .create_branch(snaps[-1], "main", **main_retention)
+        .create_branch(snaps[1], "audit", min_snapshots_to_keep=2, max_snapshot_age_ms=1)
+        .create_tag(snaps[2], "keep")
+        .create_tag(snaps[3], "old", max_ref_age_ms=1)
+        .commit()
+    )
+    with p.table().transaction() as tx:
+        # Everything is old by the table's default age; one snapshot per branch at least.
+        tx.set_properties({"history.expire.max-snapshot-age-ms": "1", "history.expire.min-snapshots-to-keep": "1"})
+
+    def refs(t) -> dict[str, tuple]:
+        return {
+            name: (r.snapshot_id, r.snapshot_ref_type.value, r.min_snapshots_to_keep, r.max_snapshot_age_ms, r.max_ref_age_ms)
+            for name, r in t.metadata.refs.items()
+        }
+
+    before = refs(p.table())
+    assert before["main"][2:] == (3, 1, 10 * 86_400_000), before
+
+    # floe appends: several loader commits on top.
+    n = 3000
+    publisher = p.publish_in_background(n, 1, 1, rate=1000)
+    loader = p.start_loader("refs")
+    publisher.join(timeout=120)
+    p.wait_rows(n + 60, timeout=120, alive=[loader])
+    loader.sigterm_ok()
+    table = p.table()
+    after = refs(table)
+    floe_snaps = [s for s in table.snapshots() if s.snapshot_id not in rows_at]
+    assert len(floe_snaps) >= 2, "the loader committed more than once"
+    assert after["main"][0] == table.current_snapshot().snapshot_id != snaps[-1]
+    assert after["main"][1:] == before["main"][1:], "floe's appends keep main's retention"
+    assert {k: v for k, v in after.items() if k != "main"} == {k: v for k, v in before.items() if k != "main"}
+
+    # floe's compaction: main moves, its retention and every other ref stay.
+    out = p.floe("maintain", "compact", "--target-file-size", "1MiB")
+    assert out.returncode == 0 and "committed snapshot" in out.stdout, out.stdout + out.stderr
+    table = p.table()
+    assert table.current_snapshot().summary.operation.value == "replace"
+    after = refs(table)
+    assert after["main"][1:] == before["main"][1:], "compaction keeps main's retention"
+    assert {k: v for k, v in after.items() if k != "main"} == {k: v for k, v in before.items() if k != "main"}
+
+    # floe's expiry, with the table's defaults (no --older-than): Iceberg's rules.
+    history = [s.snapshot_id for s in table.snapshots()]
+    main_chain = []
+    s = table.current_snapshot()
+    while s is not None:
+        main_chain.append(s.snapshot_id)
+        s = table.snapshot_by_id(s.parent_snapshot_id) if s.parent_snapshot_id else None
+    out = p.floe("maintain", "expire-snapshots")
+    assert out.returncode == 0, out.stdout + out.stderr
+    table = p.table()
+    kept = {s.snapshot_id for s in table.snapshots()}
+    # main keeps its own 3; audit its 2 (snaps[1] and its parent snaps[0]); the tag "keep" its
+    # snapshot; the tag "old" is past its max-ref-age and goes, and with it snaps[3].
+    want = set(main_chain[:3]) | {snaps[1], snaps[0], snaps[2]}
+    assert kept == want, (sorted(kept), sorted(want), history)
+    after = refs(table)
+    assert set(after) == {"main", "audit", "keep"}, after
+    assert after["main"][1:] == before["main"][1:]
+    assert after["audit"] == before["audit"] and after["keep"] == before["keep"]
+    # What is kept still reads: main's rows, and the branch and tag as they were.
+    assert_each_id_once(sorted(i for i in p.ids().to_pylist() if i < 100_000), range(1, n + 1))
+    for sid in (snaps[0], snaps[1], snaps[2]):
+        assert table.scan(snapshot_id=sid).count() == rows_at[sid]
+    assert p.ledger() == p.end_offsets()
