@@ -647,6 +647,23 @@ impl<'a> SnapshotWriter<'a> {
         path
     }
 
+    /// A writer of one data manifest of this snapshot at `path`, for files of `spec`.
+    fn data_manifest_writer(
+        &self,
+        io: &FileIO,
+        path: &str,
+        spec: &iceberg::spec::PartitionSpecRef,
+    ) -> Result<iceberg::spec::ManifestWriter, CommitError> {
+        let out = io.new_output(path).map_err(self.io_error("manifest", path))?;
+        Ok(ManifestWriterBuilder::new(
+            out,
+            Some(self.snapshot_id),
+            self.base.metadata.current_schema().clone(),
+            spec.as_ref().clone(),
+        )
+        .build_v2_data())
+    }
+
     fn spec(&self, spec_id: i32, whose: &str) -> Result<iceberg::spec::PartitionSpecRef, CommitError> {
         self.base.metadata.partition_spec_by_id(spec_id).cloned().ok_or_else(|| CommitError::Invalid {
             table: self.table(),
@@ -668,14 +685,7 @@ impl<'a> SnapshotWriter<'a> {
         let spec = self.spec(spec_id, "the written data files' label")?;
         let path = self.next_manifest_path();
         let err = self.io_error("manifest", &path);
-        let out = io.new_output(&path).map_err(&err)?;
-        let mut w = ManifestWriterBuilder::new(
-            out,
-            Some(self.snapshot_id),
-            self.base.metadata.current_schema().clone(),
-            spec.as_ref().clone(),
-        )
-        .build_v2_data();
+        let mut w = self.data_manifest_writer(io, &path, &spec)?;
         for f in files {
             w.add_file(f, self.sequence_number).map_err(&err)?;
         }
@@ -710,14 +720,7 @@ impl<'a> SnapshotWriter<'a> {
         let spec = self.spec(first.partition_spec_id, &format!("manifest {}", first.manifest_path))?;
         let path = self.next_manifest_path();
         let err = self.io_error("manifest", &path);
-        let out = io.new_output(&path).map_err(&err)?;
-        let mut w = ManifestWriterBuilder::new(
-            out,
-            Some(self.snapshot_id),
-            self.base.metadata.current_schema().clone(),
-            spec.as_ref().clone(),
-        )
-        .build_v2_data();
+        let mut w = self.data_manifest_writer(io, &path, &spec)?;
         let (mut written, mut removed) = (0usize, 0usize);
         for mf in bin {
             let entries = cache.entries(io, &table, mf).await?;

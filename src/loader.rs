@@ -711,8 +711,23 @@ impl State {
 
     async fn ledger(&self) -> Result<Ledger, LoadError> {
         let table = retrying!("loading the table", self.engine.load());
+        self.ledger_of(&table)
+    }
+
+    /// This pipeline's ledger in `table`; one that does not parse is a permanent error.
+    fn ledger_of(&self, table: &crate::catalog::LoadedTable) -> Result<Ledger, LoadError> {
         Ledger::from_properties(table.metadata.properties(), &self.pipeline)
             .map_err(|message| LoadError::Commit(CommitError::Invalid { table: table.name.to_string(), message }))
+    }
+
+    /// A dead-letter destination reported that another writer owns the batch's offsets: reload
+    /// the table and handle the batch as fenced on what it says now.
+    async fn fenced_on_reload(&mut self, ranges: &[OffsetRange], written: Vec<String>) -> Result<(), LoadError> {
+        let table = retrying!("loading the table", self.engine.load());
+        let ledger = self.ledger_of(&table)?;
+        let violations = ledger.check(ranges);
+        self.fenced(violations, ledger, written).await;
+        self.follow_schema(&table.metadata)
     }
 
     /// Whether `tp` is still read in `epoch` (a flush in between may have fenced it).
@@ -840,8 +855,7 @@ impl State {
         // The fence, checked before anything is written for this batch: a writer that lost its
         // partitions writes neither data files nor dead letters (DESIGN.md §3). The commit checks
         // it again on the exact base it swaps.
-        let ledger = Ledger::from_properties(table.metadata.properties(), &self.pipeline)
-            .map_err(|message| CommitError::Invalid { table: table.name.to_string(), message })?;
+        let ledger = self.ledger_of(&table)?;
         let violations = ledger.check(&ranges);
         if !violations.is_empty() {
             self.fenced(violations, ledger, Vec::new()).await;
@@ -884,13 +898,7 @@ impl State {
                 let go_on = retrying!("writing dead letters to the table", dlq.write(&letters, &ranges));
                 if !go_on {
                     // The dead-letter table's own fence says another writer owns these offsets.
-                    let table = retrying!("loading the table", self.engine.load());
-                    let ledger = Ledger::from_properties(table.metadata.properties(), &self.pipeline)
-                        .map_err(|message| CommitError::Invalid { table: table.name.to_string(), message })?;
-                    let violations = ledger.check(&ranges);
-                    self.fenced(violations, ledger, written).await;
-                    self.follow_schema(&table.metadata)?;
-                    return Ok(());
+                    return self.fenced_on_reload(&ranges, written).await;
                 }
             }
             if let Some(dlq) = &self.dlq_topic {
@@ -908,13 +916,7 @@ impl State {
                 match sent {
                     Some(positions) => append.properties.extend(positions),
                     None => {
-                        let table = retrying!("loading the table", self.engine.load());
-                        let ledger = Ledger::from_properties(table.metadata.properties(), &self.pipeline)
-                            .map_err(|message| CommitError::Invalid { table: table.name.to_string(), message })?;
-                        let violations = ledger.check(&ranges);
-                        self.fenced(violations, ledger, written).await;
-                        self.follow_schema(&table.metadata)?;
-                        return Ok(());
+                        return self.fenced_on_reload(&ranges, written).await;
                     }
                 }
             }

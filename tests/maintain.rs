@@ -4,9 +4,10 @@
 //! crate's own scan, independent of floe's maintenance code.
 
 mod common;
+use common::files_under;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -127,19 +128,6 @@ fn table_dir(fx: &Fixture) -> PathBuf {
     fx.dir.path().join("warehouse/default/events")
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() { stack.push(p) } else { out.push(p) }
-        }
-    }
-    out.sort();
-    out
-}
 
 fn local(loc: &str) -> PathBuf {
     floe::maintain::local_path(loc).unwrap()

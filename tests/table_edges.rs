@@ -3,6 +3,7 @@
 //! parse. Files are counted on disk; rows and references are read with the iceberg crate.
 
 mod common;
+use common::files_under;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -42,23 +43,6 @@ fn table_dir(fx: &Fixture) -> PathBuf {
     fx.dir.path().join("warehouse/default/events")
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p)
-            } else {
-                out.push(p)
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     files_under(dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect()

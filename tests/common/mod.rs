@@ -53,3 +53,22 @@ pub fn write_config(dir: &std::path::Path, text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("config written");
     path
 }
+
+/// Every file under `dir`, recursively, sorted.
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd {
+            let p = e.expect("a directory entry").path();
+            if p.is_dir() {
+                stack.push(p)
+            } else {
+                out.push(p)
+            }
+        }
+    }
+    out.sort();
+    out
+}

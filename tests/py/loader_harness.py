@@ -279,6 +279,38 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     return out
 
 
+def create_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 60) -> None:
+    """Creates a topic with Kafka's admin API, retrying while a deletion of the same name is still
+    running; fails with the broker's last answer."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    def attempt():
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        f = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic]
+        try:
+            f.result(timeout=30)
+        except Exception as e:  # noqa: BLE001 - the broker's answer, shown if it never succeeds
+            raise NotYet(str(e))
+        return True
+
+    wait_until(f"topic {topic} created", attempt, timeout=timeout, interval=1)
+
+
+def produce_json(bootstrap: str, topic: str, records: list[dict], partition: int | None = None) -> None:
+    """Sends records as JSON (key = their id) with an idempotent confluent-kafka producer, to one
+    partition or spread by key; fails unless every one is acknowledged."""
+    from confluent_kafka import Producer
+
+    errors = []
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    kw = {} if partition is None else {"partition": partition}
+    for rec in records:
+        producer.produce(topic, key=str(rec["id"]).encode(), value=json.dumps(rec).encode(),
+                         on_delivery=lambda err, msg: errors.append(err) if err else None, **kw)
+    left = producer.flush(60)
+    assert left == 0 and not errors, f"{left} records not acknowledged, errors: {errors}"
+
+
 @dataclass
 class KafkaRecord:
     """One record as a Kafka client reads it: coordinates, raw key/value, headers in order."""

@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka.admin import AdminClient, NewPartitions
 
 from loader_harness import (
     NotYet,
@@ -27,10 +27,13 @@ from loader_harness import (
     unique,
     wait_until,
 )
+from loader_harness import create_topic as harness_create_topic
+from loader_harness import produce_json as harness_produce_json
 from test_dead_letters import (
     H,
     STRICT_DDL,
     assert_dlq_topic,
+    kill_after_dead_letters,
     read_source,
     wait_ledger,
 )
@@ -52,25 +55,11 @@ def admin(p: Pipeline) -> AdminClient:
 
 
 def create_topic(p: Pipeline, partitions: int) -> None:
-    """Creates the pipeline's topic, retrying while a deletion of the same name is still running."""
-    def attempt():
-        client = admin(p)
-        f = client.create_topics([NewTopic(p.topic, partitions, 1)])[p.topic]
-        try:
-            f.result(timeout=30)
-        except Exception as e:  # noqa: BLE001 - the broker's answer, shown if it never succeeds
-            raise NotYet(str(e))
-        return True
-
-    wait_until(f"topic {p.topic} created", attempt, timeout=60, interval=1)
+    harness_create_topic(p.bootstrap, p.topic, partitions)
 
 
-def produce_json(p: Pipeline, rows: list[dict], partition: int | None = None, topic: str | None = None) -> None:
-    prod = Producer({"bootstrap.servers": p.bootstrap, "enable.idempotence": True})
-    for r in rows:
-        kw = {} if partition is None else {"partition": partition}
-        prod.produce(topic or p.topic, key=str(r["id"]).encode(), value=json.dumps(r).encode(), **kw)
-    assert prod.flush(60) == 0, "records were not all acknowledged"
+def produce_json(p: Pipeline, rows: list[dict], partition: int | None = None) -> None:
+    harness_produce_json(p.bootstrap, p.topic, rows, partition=partition)
 
 
 def rows(first: int, last: int) -> list[dict]:
@@ -111,8 +100,8 @@ def gaps_in_history(table) -> list[str]:
 # --- 1: the ledger outside the log -------------------------------------------------------------
 
 
-def test_retention_gap_stops_then_resumes_at_the_log_start_when_told(pipeline_factory):
-    p = pipeline_factory("gap")
+def loaded_then_stopped(p: Pipeline) -> Pipeline:
+    """A one-partition pipeline that loaded ids 0-99 and stopped: its ledger stands at 100."""
     p.write_config(interval="500ms")
     p.create_table(SMALL_DDL)
     create_topic(p, 1)
@@ -121,6 +110,11 @@ def test_retention_gap_stops_then_resumes_at_the_log_start_when_told(pipeline_fa
     p.wait_rows(100, timeout=60, alive=[a])
     a.sigterm_ok()
     assert p.ledger() == {0: 100}
+    return p
+
+
+def test_retention_gap_stops_then_resumes_at_the_log_start_when_told(pipeline_factory):
+    p = loaded_then_stopped(pipeline_factory("gap"))
 
     produce_json(p, rows(100, 199))
     delete_records_before(p, 0, 150)
@@ -147,14 +141,7 @@ def test_retention_gap_stops_then_resumes_at_the_log_start_when_told(pipeline_fa
 
 
 def test_recreated_topic_is_data_loss_not_a_silent_jump(pipeline_factory):
-    p = pipeline_factory("recreate")
-    p.write_config(interval="500ms")
-    p.create_table(SMALL_DDL)
-    create_topic(p, 1)
-    produce_json(p, rows(0, 99))
-    a = p.start_loader("first")
-    p.wait_rows(100, timeout=60, alive=[a])
-    a.sigterm_ok()
+    p = loaded_then_stopped(pipeline_factory("recreate"))
 
     client = admin(p)
     client.delete_topics([p.topic])[p.topic].result(timeout=30)
@@ -266,26 +253,6 @@ def test_transactions_only_committed_records_and_lag_zero(pipeline_factory):
 # --- 4: dead letters across processes ------------------------------------------------------------
 
 
-def kill_right_after_dead_letters(loader, timeout: float) -> bool:
-    """SIGKILLs the loader the moment its log says it wrote dead letters, before it commits."""
-    deadline = time.monotonic() + timeout
-    with open(loader.log_path, "rb") as f:
-        f.seek(0, 2)
-        buf = b""
-        while time.monotonic() < deadline:
-            chunk = f.read()
-            if chunk:
-                buf = (buf + chunk)[-4096:]
-                if b"dead letters written" in buf:
-                    loader.sigkill()
-                    return True
-            else:
-                loader.assert_running("while waiting for dead letters")
-                time.sleep(0.001)
-    loader.sigkill()
-    return False
-
-
 def dlq_counts(p: Pipeline, dlq_topic: str) -> Counter:
     return Counter((r.header_str(H + "partition"), r.header_str(H + "offset")) for r in read_topic(p.bootstrap, dlq_topic))
 
@@ -310,7 +277,7 @@ def test_dead_letters_once_across_two_loaders(pipeline_factory, fault):
     faults = 0
     for round_ in range(3 if fault == "sigkill" else 2):
         if fault == "sigkill":
-            hit = kill_right_after_dead_letters(a, timeout=10)
+            hit = kill_after_dead_letters(a, timeout=10)
             print(f"round {round_}: A killed {'right after writing dead letters' if hit else 'at the timeout'}")
             faults += hit
             a = p.start_loader(f"A{round_}")
@@ -374,12 +341,10 @@ def test_auto_evolve_new_field_while_a_zombie_is_frozen(pipeline_factory):
     # believes it holds, and its auto_evolve flush ends fenced.
     a.stop()
     before = p.ledger() or {}
-    stop_at = time.monotonic() + 14
-    next_id = 2000
-    while time.monotonic() < stop_at:
-        produce_json(p, [{"id": i, "string": "x", "region": f"r{i % 7}"} for i in range(next_id, next_id + 100)])
-        next_id += 100
-        time.sleep(0.2)
+    next_id = 3400
+    produce_json(p, [{"id": i, "string": "x", "region": f"r{i % 7}"} for i in range(2000, next_id)])
+    wait_until("B to take A's partitions", lambda: held <= assignment(b.log(), p.topic) or None,
+               timeout=60, alive=[b])
     wait_until("B to commit A's partitions",
                lambda: all((p.ledger() or {}).get(q, 0) > before.get(q, 0) for q in held) or None,
                timeout=60, interval=0.5, alive=[b])
@@ -414,7 +379,7 @@ def test_restart_after_sigkill_commits_within_seconds(pipeline_factory):
         t0 = time.monotonic()
         loader.wait_log("batch committed", timeout=60)
         times.append(time.monotonic() - t0)
-        time.sleep(rng.uniform(0.5, 2.0))
+        time.sleep(rng.uniform(0.5, 2.0))  # the random moment of the kill, not a wait for anything
         loader.sigkill()
         loader = p.start_loader(f"run-{i + 1}")
     t0 = time.monotonic()

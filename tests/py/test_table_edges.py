@@ -14,7 +14,8 @@ import pytest
 from pyiceberg.expressions import EqualTo, IsNull, NotNull
 
 from conftest import duckdb_connect
-from loader_harness import EVENTS_TABLE, Pipeline
+from loader_harness import EVENTS_TABLE, Pipeline, create_topic
+from loader_harness import produce_json as harness_produce_json
 
 
 @pytest.fixture
@@ -26,21 +27,9 @@ def pipeline_factory(tmp_path, floe_bin, kafka_bootstrap, procs):
 
 
 def produce_json(bootstrap: str, topic: str, records: list[dict], partitions: int = 1) -> None:
-    """Sends records (key = id) with confluent-kafka to a new topic; fails unless every one is
-    acknowledged."""
-    from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for f in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)]).values():
-        f.result(timeout=30)
-    errors = []
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
-    for rec in records:
-        producer.produce(topic, key=str(rec["id"]).encode(), value=json.dumps(rec).encode(),
-                         on_delivery=lambda err, msg: errors.append(err) if err else None)
-    left = producer.flush(30)
-    assert left == 0 and not errors, f"{left} records not acknowledged, errors: {errors}"
+    """Sends records (key = id) to a new topic; fails unless every one is acknowledged."""
+    create_topic(bootstrap, topic, partitions)
+    harness_produce_json(bootstrap, topic, records)
 
 
 def load(p: Pipeline, records: list[dict], partitions: int = 1) -> None:

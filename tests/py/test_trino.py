@@ -35,8 +35,10 @@ from loader_harness import (
     Produced,
     Publisher,
     assert_each_id_once,
+    create_topic,
     wait_until,
 )
+from loader_harness import produce_json as harness_produce_json
 from trino_client import (
     Trino,
     TrinoError,
@@ -343,21 +345,10 @@ def same_value(want, got) -> bool:
 
 
 def produce_json(bootstrap: str, topic: str, records: list[dict]) -> None:
-    """Sends records (key = id) with confluent-kafka to a new one-partition topic; fails unless
-    every one is acknowledged."""
-    from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for f in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]).values():
-        f.result(timeout=30)
-    errors = []
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
-    for rec in records:
-        producer.produce(topic, key=str(rec["id"]).encode(), value=json.dumps(rec).encode(),
-                         on_delivery=lambda err, msg: errors.append(err) if err else None)
-    left = producer.flush(30)
-    assert left == 0 and not errors, f"{left} records not acknowledged, errors: {errors}"
+    """Sends records (key = id) to a new one-partition topic; fails unless every one is
+    acknowledged."""
+    create_topic(bootstrap, topic, 1)
+    harness_produce_json(bootstrap, topic, records)
 
 
 def test_trino_reads_every_type(trino_table, kafka_bootstrap):
