@@ -62,6 +62,181 @@ pub struct Config {
     pub schema: SchemaConfig,
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
+    /// How records are reshaped and read: unnesting, projections, field-name case, time zone and
+    /// epoch unit.
+    #[serde(default)]
+    pub decode: DecodeConfig,
+    /// Kafka record metadata stored in columns.
+    #[serde(default)]
+    pub metadata: MetadataConfig,
+}
+
+/// `[decode]`: how a record's JSON value becomes a row. Without the section, the whole value is
+/// the row, field names are matched as they are, offset-less timestamps are UTC and epoch numbers
+/// are milliseconds.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeConfig {
+    /// A JSON pointer (RFC 6901) to the object that holds the row, e.g. `"/data"` for a
+    /// CloudEvents envelope or `"/payload/after"` for Debezium.
+    pub unnest: Option<String>,
+    /// Column = JSON pointer into the original record (before unnesting): the column takes the
+    /// value there instead of the field of its name.
+    #[serde(default)]
+    pub projections: BTreeMap<String, String>,
+    /// How the producer writes field names: camelCase, PascalCase, kebab-case,
+    /// SCREAMING_SNAKE_CASE, or snake_case (the table's convention, the default: no conversion).
+    pub field_case: Option<String>,
+    /// Match field names to columns ignoring ASCII case, when the exact name does not match.
+    #[serde(default)]
+    pub case_insensitive: bool,
+    /// The IANA time zone of timestamptz values written without an offset (default "UTC").
+    pub timestamp_zone: Option<String>,
+    /// The unit of numbers in timestamp columns: seconds, millis (the default), micros, nanos.
+    pub epoch_unit: Option<String>,
+}
+
+impl DecodeConfig {
+    fn validate(&self) -> Result<(), String> {
+        self.options(&MetadataConfig::default()).map(|_| ())
+    }
+
+    /// The decoder's options, with every name checked (columns are checked against the table when
+    /// the decoder is built).
+    pub fn options(&self, metadata: &MetadataConfig) -> Result<crate::decode::DecodeOptions, String> {
+        use crate::decode::{EpochUnit, FieldCase, Projection};
+        let pointer = |key: &str, p: &str| {
+            if p.is_empty() || p.starts_with('/') {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{key} = {p:?} is not a JSON pointer: write it with a leading '/', e.g. \"/{p}\" (RFC 6901)"
+                ))
+            }
+        };
+        if let Some(u) = &self.unnest {
+            pointer("decode.unnest", u)?;
+        }
+        let mut projections = Vec::new();
+        for (column, p) in &self.projections {
+            pointer(&format!("decode.projections.{column}"), p)?;
+            projections.push(Projection { column: column.clone(), pointer: p.clone() });
+        }
+        let field_case = match &self.field_case {
+            None => None,
+            Some(c) => FieldCase::parse_name(c).map_err(|e| format!("decode.field_case = {c:?}: {e}"))?,
+        };
+        let timestamp_zone = match self.timestamp_zone.as_deref() {
+            None => None,
+            Some(z) => Some(z.parse::<chrono_tz::Tz>().map_err(|_| {
+                format!(
+                    "decode.timestamp_zone = {z:?} is not a time zone; use an IANA zone name such as \
+                     \"Europe/Berlin\", \"America/New_York\" or \"UTC\""
+                )
+            })?),
+        };
+        let epoch_unit = match &self.epoch_unit {
+            None => EpochUnit::default(),
+            Some(u) => u.parse().map_err(|e| format!("decode.epoch_unit = {u:?}: {e}"))?,
+        };
+        Ok(crate::decode::DecodeOptions {
+            unnest: self.unnest.clone().filter(|u| !u.is_empty()),
+            projections,
+            field_case,
+            case_insensitive: self.case_insensitive,
+            timestamp_zone,
+            epoch_unit,
+            metadata: metadata.columns(),
+        })
+    }
+}
+
+/// `[metadata]`: which Kafka record metadata goes to which column (`key = "kafka_key"`), and
+/// `[metadata.headers]`: header name = column.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// The record key: UTF-8 text in a string column, bytes in a binary column.
+    pub key: Option<String>,
+    pub topic: Option<String>,
+    pub partition: Option<String>,
+    pub offset: Option<String>,
+    /// The record timestamp: a timestamptz, timestamp or long (epoch milliseconds) column.
+    pub timestamp: Option<String>,
+    /// `CreateTime` or `LogAppendTime`: a string column.
+    pub timestamp_type: Option<String>,
+    /// Header name = column (the last header of that name; NULL when absent).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl MetadataConfig {
+    /// The decoder's metadata columns.
+    pub fn columns(&self) -> Vec<crate::decode::MetadataColumn> {
+        use crate::decode::{MetadataColumn, MetadataField as F};
+        let mut out = Vec::new();
+        for (field, column) in [
+            (F::Key, &self.key),
+            (F::Topic, &self.topic),
+            (F::Partition, &self.partition),
+            (F::Offset, &self.offset),
+            (F::Timestamp, &self.timestamp),
+            (F::TimestampType, &self.timestamp_type),
+        ] {
+            if let Some(column) = column {
+                out.push(MetadataColumn { column: column.clone(), field });
+            }
+        }
+        for (header, column) in &self.headers {
+            out.push(MetadataColumn { column: column.clone(), field: F::Header(header.clone()) });
+        }
+        out
+    }
+
+    /// The config key that maps `field` (for error messages).
+    pub fn key_of(field: &crate::decode::MetadataField) -> String {
+        use crate::decode::MetadataField as F;
+        match field {
+            F::Key => "metadata.key".into(),
+            F::Topic => "metadata.topic".into(),
+            F::Partition => "metadata.partition".into(),
+            F::Offset => "metadata.offset".into(),
+            F::Timestamp => "metadata.timestamp".into(),
+            F::TimestampType => "metadata.timestamp_type".into(),
+            F::Header(h) => format!("metadata.headers.{}", toml_key(h)),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for c in self.columns() {
+            let key = MetadataConfig::key_of(&c.field);
+            if c.column.trim().is_empty() {
+                return Err(format!("{key} is empty; name the column it goes to"));
+            }
+            if let Some(first) = seen.insert(c.column.clone(), key.clone()) {
+                return Err(format!(
+                    "{first} and {key} both go to column {:?}; a column holds one thing",
+                    c.column
+                ));
+            }
+        }
+        for h in self.headers.keys() {
+            if h.is_empty() {
+                return Err("metadata.headers: an empty header name".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A TOML key as written in a dotted path (quoted unless bare).
+fn toml_key(k: &str) -> String {
+    if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        k.to_owned()
+    } else {
+        format!("{k:?}")
+    }
 }
 
 /// How the loader treats the table's schema.
@@ -494,6 +669,17 @@ impl Config {
             return Err(invalid("dead_letter.window must be at least 1".into()));
         }
         self.maintenance.validate().map_err(invalid)?;
+        self.decode.validate().map_err(invalid)?;
+        self.metadata.validate().map_err(invalid)?;
+        for column in self.decode.projections.keys() {
+            if let Some(m) = self.metadata.columns().into_iter().find(|m| &m.column == column) {
+                return Err(invalid(format!(
+                    "decode.projections.{} and {} both fill column {column:?}; a column holds one thing",
+                    toml_key(column),
+                    MetadataConfig::key_of(&m.field)
+                )));
+            }
+        }
         if let Some(t) = &dl.table {
             TableName::parse(t).map_err(|m| invalid(format!("dead_letter.table: {m}")))?;
         }
@@ -1307,5 +1493,83 @@ mod tests {
         assert!(err("[maintenance]\norphans_older_than = \"5m\"").contains("too short"));
         assert!(err("[maintenance]\nretain_last = 0").contains("retain_last"));
         assert!(err("[maintenance]\ncompact_evry = \"5m\"").contains("compact_every"));
+    }
+
+    #[test]
+    fn decode_and_metadata_sections() {
+        let c = parse(
+            r#"
+            [decode]
+            unnest = "/data"
+            field_case = "camelCase"
+            case_insensitive = true
+            timestamp_zone = "Europe/Berlin"
+            epoch_unit = "seconds"
+            [decode.projections]
+            event_id = "/id"
+            [metadata]
+            key = "kafka_key"
+            topic = "kafka_topic"
+            partition = "kafka_partition"
+            offset = "kafka_offset"
+            timestamp = "kafka_timestamp"
+            timestamp_type = "kafka_timestamp_type"
+            [metadata.headers]
+            traceparent = "trace_parent"
+            "#,
+        )
+        .unwrap();
+        let o = c.decode.options(&c.metadata).unwrap();
+        assert_eq!(o.unnest.as_deref(), Some("/data"));
+        assert_eq!(o.projections, vec![crate::decode::Projection { column: "event_id".into(), pointer: "/id".into() }]);
+        assert_eq!(o.field_case, Some(crate::decode::FieldCase::LowerCamel));
+        assert!(o.case_insensitive);
+        assert_eq!(o.timestamp_zone, Some(chrono_tz::Europe::Berlin));
+        assert_eq!(o.epoch_unit, crate::decode::EpochUnit::Seconds);
+        let cols: Vec<(String, crate::decode::MetadataField)> =
+            o.metadata.into_iter().map(|m| (m.column, m.field)).collect();
+        use crate::decode::MetadataField as F;
+        assert_eq!(
+            cols,
+            vec![
+                ("kafka_key".into(), F::Key),
+                ("kafka_topic".into(), F::Topic),
+                ("kafka_partition".into(), F::Partition),
+                ("kafka_offset".into(), F::Offset),
+                ("kafka_timestamp".into(), F::Timestamp),
+                ("kafka_timestamp_type".into(), F::TimestampType),
+                ("trace_parent".into(), F::Header("traceparent".into())),
+            ]
+        );
+        // Defaults: no reshaping, UTC, milliseconds.
+        let d = Config::defaults().decode.options(&MetadataConfig::default()).unwrap();
+        assert!(d.unnest.is_none() && d.projections.is_empty() && d.field_case.is_none() && d.metadata.is_empty());
+        assert_eq!(d.timestamp_zone, None);
+        assert_eq!(d.epoch_unit, crate::decode::EpochUnit::Millis);
+        assert_eq!(parse("[decode]\nfield_case = \"snake_case\"\n").unwrap().decode.options(&MetadataConfig::default()).unwrap().field_case, None);
+    }
+
+    #[test]
+    fn bad_decode_and_metadata_values_name_the_key() {
+        let e = err("[decode]\nfield_case = \"camel\"\n");
+        assert!(e.contains("decode.field_case = \"camel\"") && e.contains("camelCase, PascalCase"), "{e}");
+        let e = err("[decode]\ntimestamp_zone = \"Europe/Berlinn\"\n");
+        assert!(e.contains("decode.timestamp_zone = \"Europe/Berlinn\" is not a time zone"), "{e}");
+        let e = err("[decode]\nepoch_unit = \"fortnights\"\n");
+        assert!(e.contains("decode.epoch_unit = \"fortnights\"") && e.contains("millis"), "{e}");
+        let e = err("[decode]\nunnest = \"data\"\n");
+        assert!(e.contains("decode.unnest = \"data\" is not a JSON pointer") && e.contains("\"/data\""), "{e}");
+        let e = err("[decode.projections]\nevent_id = \"id\"\n");
+        assert!(e.contains("decode.projections.event_id = \"id\""), "{e}");
+        let e = err("[decode]\nunest = \"/data\"\n");
+        assert!(e.contains("did you mean `unnest`?"), "{e}");
+        let e = err("[metadata]\nkey = \"k\"\noffset = \"k\"\n");
+        assert!(e.contains("metadata.key and metadata.offset both go to column \"k\""), "{e}");
+        let e = err("[metadata]\ntopik = \"t\"\n");
+        assert!(e.contains("did you mean `topic`?"), "{e}");
+        let e = err("[metadata]\nkey = \"k\"\n[decode.projections]\nk = \"/k\"\n");
+        assert!(e.contains("decode.projections.k and metadata.key both fill column \"k\""), "{e}");
+        let e = err("[metadata.headers]\n\"trace.id\" = \"\"\n");
+        assert!(e.contains("metadata.headers.\"trace.id\" is empty"), "{e}");
     }
 }

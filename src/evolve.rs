@@ -13,15 +13,18 @@ pub struct NewColumn {
     pub data_type: DataType,
 }
 
-/// Top-level fields of `record` (a JSON object) that `schema` lacks and whose type can be
-/// inferred. Names must already be lower-case identifiers (`[a-z_][a-z0-9_]*`), the form every
-/// engine reads back unchanged; others are left alone (and keep being ignored and counted).
-pub fn new_columns(record: &[u8], schema: &Schema) -> Vec<NewColumn> {
+/// Top-level fields of `record` (a JSON object: the row, after unnesting) that `schema` lacks and
+/// whose type can be inferred. `column_name` turns a field name into the column name it matches
+/// (the configured field-name case). Column names must be lower-case identifiers
+/// (`[a-z_][a-z0-9_]*`), the form every engine reads back unchanged; others are left alone (and
+/// keep being ignored and counted).
+pub fn new_columns(record: &[u8], schema: &Schema, column_name: &dyn Fn(&str) -> String) -> Vec<NewColumn> {
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(record) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for (name, value) in fields {
+    for (field, value) in fields {
+        let name = column_name(&field);
         if schema.field_by_name(&name).is_some() || !is_plain_identifier(&name) {
             continue;
         }
@@ -82,6 +85,7 @@ mod tests {
                 "ints": [1, 2], "mixed": [1, 2.5], "strs": ["a", 1], "none": null, "empty": [],
                 "CamelCase": 1, "9lives": 1}"#,
             &schema(),
+            &|f: &str| f.to_owned(),
         );
         let by_name: std::collections::HashMap<_, _> = got.into_iter().map(|c| (c.name, c.data_type)).collect();
         assert_eq!(by_name.len(), 8, "{by_name:?}");
@@ -99,8 +103,13 @@ mod tests {
 
     #[test]
     fn nothing_for_known_fields_or_non_objects() {
-        assert!(new_columns(br#"{"id": 1, "name": "x"}"#, &schema()).is_empty());
-        assert!(new_columns(b"[1, 2]", &schema()).is_empty());
-        assert!(new_columns(b"not json", &schema()).is_empty());
+        let same = |f: &str| f.to_owned();
+        assert!(new_columns(br#"{"id": 1, "name": "x"}"#, &schema(), &same).is_empty());
+        assert!(new_columns(b"[1, 2]", &schema(), &same).is_empty());
+        assert!(new_columns(b"not json", &schema(), &same).is_empty());
+        // Named as the decoder matches them: with camelCase producers, `newField` is `new_field`.
+        let camel = |f: &str| if f == "newField" { "new_field".to_owned() } else { f.to_owned() };
+        let got = new_columns(br#"{"id": 1, "newField": 2}"#, &schema(), &camel);
+        assert_eq!(got, vec![NewColumn { name: "new_field".into(), data_type: DataType::Bigint }]);
     }
 }

@@ -25,7 +25,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::commit::{Append, AppendOutcome, CommitEngine, CommitError};
 use crate::config::{Config, OnDataLoss, StartPosition, TableName};
 use crate::deadletter::{DeadLetter, KafkaDeadLetters, RatioValve, TableDeadLetters};
-use crate::decode::{DecodeOptions, Decoder, Origin, RecordError};
+use crate::decode::{DecodeSetupError, Decoder, RecordError, RecordErrorKind};
 use crate::ledger::{Ledger, OffsetRange, TopicPartition};
 use crate::source::{self, AssignedPartition, Command, Epoch, Event, OutOfRange, Record, StartAt};
 
@@ -286,6 +286,8 @@ impl Loader {
         // A table floe cannot append to (format v1, v3) is refused now, before any file is written.
         crate::table::check_writable(&loaded.metadata)
             .map_err(|message| CatalogError::Unsupported { table: table.to_string(), message })?;
+        // The reshaping and metadata columns must fit the table: checked now, before any record.
+        build_decoder(loaded.metadata.current_schema(), &config, &table).map_err(LoadError::Config)?;
         crate::kafka::check_reachable(&config.kafka, Duration::from_secs(10)).await?;
         Ok(Loader {
             engine: CommitEngine::new(catalog, table),
@@ -322,8 +324,8 @@ impl Loader {
             "joining the consumer group as a static member"
         );
         let table = self.engine.load().await?;
-        let decoder = Decoder::new(table.metadata.current_schema(), DecodeOptions::default())
-            .map_err(|e| LoadError::Config(e.to_string()))?;
+        let decoder = build_decoder(table.metadata.current_schema(), &self.config, self.engine.table())
+            .map_err(LoadError::Config)?;
         let dl = &self.config.dead_letter;
         let dlq_topic = match &dl.topic {
             Some(topic) => {
@@ -381,6 +383,10 @@ impl Loader {
             max_ratio: dl.max_ratio,
             evolve_budget: if self.config.schema.auto_evolve { self.config.schema.max_new_columns } else { 0 },
             evolve_limit_logged: false,
+            reshaping: Reshaping {
+                decode: self.config.decode.clone(),
+                metadata: self.config.metadata.clone(),
+            },
         };
         tracing::info!(pipeline = %state.pipeline, table = %state.engine.table(), topics = ?self.config.source.topics, "loader started");
         let result = state.main_loop(&mut events, shutdown).await;
@@ -445,6 +451,54 @@ struct State {
     /// Columns auto_evolve may still add (0: off or used up).
     evolve_budget: usize,
     evolve_limit_logged: bool,
+    /// How records are reshaped (the decoder is rebuilt with it when the schema changes).
+    reshaping: Reshaping,
+}
+
+/// The `[decode]` and `[metadata]` configuration the decoder is built from.
+struct Reshaping {
+    decode: crate::config::DecodeConfig,
+    metadata: crate::config::MetadataConfig,
+}
+
+/// A decoder for `schema` with the configured reshaping and metadata columns, or an error naming
+/// the configuration key, its value and what the table has instead.
+fn build_decoder(schema: &iceberg::spec::SchemaRef, config: &Config, table: &TableName) -> Result<Decoder, String> {
+    decoder_for(schema, &config.decode, &config.metadata, table)
+}
+
+fn decoder_for(
+    schema: &iceberg::spec::SchemaRef,
+    decode: &crate::config::DecodeConfig,
+    metadata: &crate::config::MetadataConfig,
+    table: &TableName,
+) -> Result<Decoder, String> {
+    let options = decode.options(metadata)?;
+    Decoder::new(schema, options).map_err(|e| {
+        let columns = || {
+            let names: Vec<&str> = schema.as_struct().fields().iter().map(|f| f.name.as_str()).collect();
+            names.join(", ")
+        };
+        match e {
+            DecodeSetupError::UnknownColumn { column } => format!(
+                "decode.projections.{column} = {:?}: table {table} has no top-level column {column:?} (its \
+                 columns: {}); add the column (`floe table alter`) or project onto one it has",
+                decode.projections.get(&column).map(String::as_str).unwrap_or_default(),
+                columns()
+            ),
+            DecodeSetupError::UnknownMetadataColumn { column, field } => format!(
+                "{} = {column:?}: table {table} has no top-level column {column:?} (its columns: {}); add \
+                 the column (`floe table alter`) or name one it has",
+                crate::config::MetadataConfig::key_of(&field),
+                columns()
+            ),
+            DecodeSetupError::MetadataType { ref column, ref field, .. } => format!(
+                "{} = {column:?} in table {table}: {e}",
+                crate::config::MetadataConfig::key_of(field)
+            ),
+            other => format!("table {table}: {other}"),
+        }
+    })
 }
 
 impl State {
@@ -745,28 +799,32 @@ impl State {
             // Read before a seek or an assignment of this partition: it will be read again.
             return Ok(());
         }
-        let origin = Origin {
-            topic: &r.topic,
-            partition: r.partition,
-            offset: r.offset,
-        };
-        let value = r.value.as_deref().unwrap_or(b"null");
+        let raw = r.raw();
         let ignored_before = self.decoder.ignored_fields();
-        let mut outcome = self.decoder.append(value, &origin);
-        if outcome.is_ok() && self.evolve_budget > 0 && self.decoder.ignored_fields() > ignored_before {
-            let new = crate::evolve::new_columns(value, &self.decoder_schema);
+        let mut outcome = self.decoder.append_record(&raw);
+        // A record whose fields are all new is evolution under auto_evolve, not a dead letter.
+        let unmatched = matches!(&outcome, Err(e) if e.kind() == RecordErrorKind::NoMatchingFields);
+        let ignored = outcome.is_ok() && self.decoder.ignored_fields() > ignored_before;
+        if self.evolve_budget > 0 && (ignored || unmatched) {
+            let value = r.value.as_deref().unwrap_or(b"null");
+            let new = match self.decoder.row_of(value) {
+                Some(row) => crate::evolve::new_columns(row, &self.decoder_schema, &|f: &str| self.decoder.column_name_of(f)),
+                None => Vec::new(),
+            };
             if !new.is_empty() {
                 if new.len() <= self.evolve_budget {
                     // Commit what came before under the old schema, add the columns, and read
                     // this record again so its new values land too.
-                    self.decoder.pop_last();
+                    if outcome.is_ok() {
+                        self.decoder.pop_last();
+                    }
                     self.flush().await?;
                     if !self.live(&tp, r.epoch) {
                         // The flush was fenced: this record is read again after the seek.
                         return Ok(());
                     }
                     self.add_columns(new, &tp, r.offset).await?;
-                    outcome = self.decoder.append(value, &origin);
+                    outcome = self.decoder.append_record(&raw);
                 } else if !self.evolve_limit_logged {
                     self.evolve_limit_logged = true;
                     tracing::warn!(
@@ -1061,7 +1119,7 @@ impl State {
         if current.schema_id() == self.decoder_schema.schema_id() && current.as_ref() == self.decoder_schema.as_ref() {
             return Ok(());
         }
-        self.decoder = Decoder::new(current, DecodeOptions::default())
+        self.decoder = decoder_for(current, &self.reshaping.decode, &self.reshaping.metadata, self.engine.table())
             .map_err(|e| LoadError::Config(format!("the table's new schema cannot be read into: {e}")))?;
         tracing::info!(
             from = self.decoder_schema.schema_id(),

@@ -206,6 +206,15 @@ struct PublishArgs {
     /// Print every record sent.
     #[arg(long)]
     print: bool,
+    /// How records are written: `seed` (the seed's field names), `camel` (camelCase field names,
+    /// for `[decode] field_case = "camelCase"`) or `cloudevents` (each record the `data` of a
+    /// CloudEvents JSON envelope, for `[decode] unnest = "/data"`).
+    #[arg(long, default_value = "seed", value_parser = parse_shape)]
+    shape: floe::sample::Shape,
+}
+
+fn parse_shape(s: &str) -> Result<floe::sample::Shape, String> {
+    s.parse()
 }
 
 fn main() -> ExitCode {
@@ -534,7 +543,11 @@ async fn publish_sample(mut config: Config, args: PublishArgs) -> Result<(), Fai
         first_id: args.first_id,
         spread: args.spread.unwrap_or_default(),
         print: args.print,
+        shape: args.shape,
     };
+    if opts.bad_every.is_some() && opts.shape != floe::sample::Shape::Seed {
+        return Err(Failure::usage("--bad-every makes malformed records only in the seed shape; drop --shape or --bad-every"));
+    }
     let props = config.kafka.clone();
     let report = tokio::task::spawn_blocking(move || {
         let stdout = std::io::stdout();

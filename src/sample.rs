@@ -30,6 +30,91 @@ pub const BAD_KINDS: &[&str] = &[
     "invalid-utf8",
 ];
 
+/// How a sample record is written, for testing floe's `[decode]` options against the producers
+/// it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// The seed's own field names (snake_case).
+    #[default]
+    Seed,
+    /// Field names in camelCase (`stringMap`), as Java producers write them; map keys are data
+    /// and stay as they are. Read with `[decode] field_case = "camelCase"`.
+    Camel,
+    /// The record as the `data` of a CloudEvents 1.0 structured-mode JSON envelope, whose `id`
+    /// is `sample-<id>`. Read with `[decode] unnest = "/data"` (and projections of `/id`,
+    /// `/type`, `/source`, `/time` for the envelope's attributes).
+    CloudEvents,
+}
+
+/// The names of the shapes, for help texts and errors.
+pub const SHAPE_NAMES: &str = "seed, camel or cloudevents";
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "seed" => Ok(Shape::Seed),
+            "camel" | "camelCase" => Ok(Shape::Camel),
+            "cloudevents" | "cloud-events" => Ok(Shape::CloudEvents),
+            _ => Err(format!("unknown record shape {s:?}; use {SHAPE_NAMES}")),
+        }
+    }
+}
+
+/// The CloudEvents `source` and `type` of the sample envelope.
+pub const CLOUDEVENTS_SOURCE: &str = "/floe/publish-sample";
+pub const CLOUDEVENTS_TYPE: &str = "io.floe.sample.v1";
+
+/// `record` (of the seed's shape) written in `shape`.
+pub fn shaped(record: Value, shape: Shape, id: u64, ts: DateTime<FixedOffset>) -> Value {
+    match shape {
+        Shape::Seed => record,
+        Shape::Camel => camel_keys(record, 0),
+        Shape::CloudEvents => json!({
+            "specversion": "1.0",
+            "id": format!("sample-{id}"),
+            "source": CLOUDEVENTS_SOURCE,
+            "type": CLOUDEVENTS_TYPE,
+            "time": ts.with_timezone(&Utc).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "datacontenttype": "application/json",
+            "data": record,
+        }),
+    }
+}
+
+/// snake_case field names to camelCase, in the record and its nested objects; the map
+/// `string_map`'s keys are data and stay.
+fn camel_keys(v: Value, depth: usize) -> Value {
+    match v {
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = if k == "string_map" && depth == 0 { v } else { camel_keys(v, depth + 1) };
+                    (snake_to_camel(&k), v)
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn snake_to_camel(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// What to send.
 #[derive(Debug, Clone)]
 pub struct PublishOptions {
@@ -46,6 +131,8 @@ pub struct PublishOptions {
     pub spread: Duration,
     /// Print every record sent (as JSON lines) instead of a progress line.
     pub print: bool,
+    /// How good records are written.
+    pub shape: Shape,
 }
 
 impl Default for PublishOptions {
@@ -58,6 +145,7 @@ impl Default for PublishOptions {
             first_id: 1,
             spread: Duration::ZERO,
             print: false,
+            shape: Shape::Seed,
         }
     }
 }
@@ -175,6 +263,11 @@ pub fn publish(
         topic: opts.topic.clone(),
         message,
     };
+    if opts.bad_every.is_some() && opts.shape != Shape::Seed {
+        // Malformed records exist only in the seed's shape; mixing them in would make kinds
+        // (not-an-object vs wrong-type) depend on the shape.
+        return Err(produce_err("malformed records (--bad-every) are made only in the seed shape; drop --shape or --bad-every".into()));
+    }
     let mut cc = kafka::producer_config(props);
     // Retries must not duplicate: the exactly-once tests count every id.
     cc.set("enable.idempotence", "true");
@@ -205,9 +298,9 @@ pub fn publish(
             bad += 1;
             (bad_record(id, kind, ts), Some(BAD_KINDS[kind]))
         } else if opts.count == 1 && opts.bad_every.is_none() && opts.first_id == 1 {
-            (seed_record(ts).to_string().into_bytes(), None)
+            (shaped(seed_record(ts), opts.shape, id, ts).to_string().into_bytes(), None)
         } else {
-            (sample_record(id, ts).to_string().into_bytes(), None)
+            (shaped(sample_record(id, ts), opts.shape, id, ts).to_string().into_bytes(), None)
         };
         let key = id.to_string();
         let id_header = key.clone();
@@ -337,6 +430,24 @@ mod tests {
         assert!(big["integer"].as_f64().unwrap() > i64::MAX as f64);
         let bytes = bad_record(7, 4, ts());
         assert!(std::str::from_utf8(&bytes).is_err());
+    }
+
+    #[test]
+    fn shapes() {
+        let r = sample_record(3, ts());
+        let camel = shaped(r.clone(), Shape::Camel, 3, ts());
+        assert_eq!(camel["stringMap"], r["string_map"], "map keys are data: unchanged");
+        assert!(camel.get("string_map").is_none());
+        assert_eq!(camel["nested"], r["nested"]);
+        assert_eq!(snake_to_camel("a_bc_d"), "aBcD");
+        let ce = shaped(r.clone(), Shape::CloudEvents, 3, ts());
+        assert_eq!(ce["data"], r);
+        assert_eq!(ce["id"], "sample-3");
+        assert_eq!(ce["specversion"], "1.0");
+        assert_eq!(ce["time"], "2022-07-26T07:41:48.046Z");
+        assert_eq!(shaped(r.clone(), Shape::Seed, 3, ts()), r);
+        assert_eq!("cloudevents".parse::<Shape>(), Ok(Shape::CloudEvents));
+        assert!("xml".parse::<Shape>().unwrap_err().contains("seed, camel or cloudevents"));
     }
 
     #[test]

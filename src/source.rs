@@ -25,9 +25,10 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Offset};
+use rdkafka::{ClientContext, Offset, Timestamp};
 use tokio::sync::mpsc;
 
+use crate::decode::{RawRecord, TimestampType};
 use crate::ledger::TopicPartition;
 
 /// A partition's generation as the loader sees it: bumped at every assignment and seek.
@@ -43,8 +44,26 @@ pub struct Record {
     pub epoch: Epoch,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
+    /// Milliseconds since the epoch.
     pub timestamp: Option<i64>,
+    /// Who set `timestamp` (None when the record has none).
+    pub timestamp_type: Option<TimestampType>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Record {
+    /// The record as the decoder sees it.
+    pub fn raw(&self) -> RawRecord<'_> {
+        RawRecord {
+            topic: &self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            timestamp: self.timestamp_type.zip(self.timestamp),
+            headers: &self.headers,
+        }
+    }
 }
 
 /// Where a newly assigned partition starts.
@@ -397,6 +416,11 @@ fn poll_loop(
                         key: m.key().map(<[u8]>::to_vec),
                         value: m.payload().map(<[u8]>::to_vec),
                         timestamp: m.timestamp().to_millis(),
+                        timestamp_type: match m.timestamp() {
+                            Timestamp::NotAvailable => None,
+                            Timestamp::CreateTime(_) => Some(TimestampType::CreateTime),
+                            Timestamp::LogAppendTime(_) => Some(TimestampType::LogAppendTime),
+                        },
                         headers: m
                             .headers()
                             .map(|hs| {

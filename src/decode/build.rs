@@ -295,6 +295,16 @@ impl StructCols {
         self.seen[i] = self.stamp;
     }
 
+    /// Whether some child got a value in the current object.
+    pub fn seen_any(&self) -> bool {
+        self.seen.iter().any(|s| *s == self.stamp)
+    }
+
+    /// How many children got a value in the current object.
+    pub fn seen_count(&self) -> usize {
+        self.seen.iter().filter(|s| **s == self.stamp).count()
+    }
+
     /// Decodes the members of an object (the cursor is at `{`) into the children, `len` being the
     /// number of values each child held before this object. Children flagged in `overridden` are
     /// skipped (their value comes from elsewhere).
@@ -893,6 +903,66 @@ impl Validity {
     fn finish(&mut self) -> Option<NullBuffer> {
         let valid = std::mem::take(&mut self.valid);
         (std::mem::take(&mut self.nulls) > 0).then(|| NullBuffer::from(valid))
+    }
+}
+
+// ---- metadata values ---------------------------------------------------------------------------
+
+/// A Kafka metadata value for a column (whose type was checked to fit when the decoder was built).
+pub(crate) enum Meta<'a> {
+    Null,
+    /// Text for a string column (must be UTF-8), bytes for a binary one.
+    Bytes(&'a [u8]),
+    Long(i64),
+    /// Epoch milliseconds.
+    Millis(i64),
+}
+
+impl Col {
+    pub fn put_meta(&mut self, value: Meta, what: &super::MetadataField) -> Result<(), Box<Fail>> {
+        let out_of_range = || {
+            Fail::new(
+                RecordErrorKind::OutOfRange,
+                format!("{what} does not fit the column's type"),
+            )
+        };
+        if let Meta::Null = value {
+            if !self.nullable {
+                return Err(Fail::new(
+                    RecordErrorKind::MissingRequired,
+                    format!("required column is missing: {what} is absent in this record"),
+                ));
+            }
+            self.append_null();
+            return Ok(());
+        }
+        match (value, &mut self.data) {
+            (Meta::Bytes(b), Data::String { offsets, data }) => {
+                if std::str::from_utf8(b).is_err() {
+                    return Err(Fail::new(
+                        RecordErrorKind::InvalidUtf8,
+                        format!(
+                            "{what} is not UTF-8 text; store it in a binary (VARBINARY) column to keep its bytes"
+                        ),
+                    ));
+                }
+                data.extend_from_slice(b);
+                offsets.push(i32::try_from(data.len()).map_err(|_| out_of_range())?);
+            }
+            (Meta::Bytes(b), Data::Binary { offsets, data }) => {
+                data.extend_from_slice(b);
+                offsets.push(data.len() as i64);
+            }
+            (Meta::Long(n), Data::Int(v)) => v.push(i32::try_from(n).map_err(|_| out_of_range())?),
+            (Meta::Long(n) | Meta::Millis(n), Data::Long(v)) => v.push(n),
+            (Meta::Millis(ms), Data::Timestamp { v, nanos, .. }) => {
+                let per_ms = if *nanos { 1_000_000 } else { 1_000 };
+                v.push(ms.checked_mul(per_ms).ok_or_else(out_of_range)?);
+            }
+            _ => unreachable!("metadata column types are checked when the decoder is built"),
+        }
+        self.validity.append(true);
+        Ok(())
     }
 }
 

@@ -20,6 +20,8 @@ pub enum RecordErrorKind {
     OutOfRange,
     /// A required (NOT NULL) column is missing or null.
     MissingRequired,
+    /// The record has fields, but none of them is a column of the table.
+    NoMatchingFields,
 }
 
 impl RecordErrorKind {
@@ -32,6 +34,7 @@ impl RecordErrorKind {
             Self::WrongType => "wrong-type",
             Self::OutOfRange => "out-of-range",
             Self::MissingRequired => "missing-required",
+            Self::NoMatchingFields => "no-matching-fields",
         }
     }
 }

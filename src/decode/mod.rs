@@ -27,6 +27,14 @@
 //! - missing or null: NULL, or an error for a required column. Fields not in the table are skipped
 //!   and counted ([`Decoder::ignored_fields`]). A repeated field name: the last value wins; a
 //!   repeated map key (after conversion to the key type) is an error.
+//! - a record (or unnested row) that has fields but none of them, and no projection, reaches a
+//!   column is a record error of kind `no-matching-fields`, not a row of NULLs: the producer and
+//!   the table (or the reshaping options) disagree. `{}` is a row of NULLs (it has no fields).
+//!   Columns filled from Kafka metadata do not count as matches.
+//!
+//! Kafka metadata (key, topic, partition, offset, timestamp and its type, named headers) can fill
+//! columns of their own ([`MetadataColumn`]); the decoder sees them in the [`RawRecord`] it is
+//! given, never the Kafka client.
 
 mod build;
 mod fail;
@@ -45,7 +53,7 @@ use arrow_schema::SchemaRef;
 pub use fail::{RecordError, RecordErrorKind, RecordOrigin};
 pub use scalar::EpochUnit;
 
-use build::{Cx, StructCols};
+use build::{Cx, Meta, StructCols};
 use fail::Fail;
 use json::Cursor;
 use scalar::ZoneRule;
@@ -72,19 +80,162 @@ pub enum FieldCase {
     UpperUnderscore,
 }
 
+/// The names a field-name case is written with in the configuration, as the common names
+/// (`camelCase`) and as Guava's `CaseFormat` names the replaced Flink job used (`lowerCamel`).
+/// `snake_case` (the table's own convention) means no conversion.
+pub const FIELD_CASE_NAMES: &str =
+    "camelCase, PascalCase, kebab-case, SCREAMING_SNAKE_CASE or snake_case (no conversion)";
+
+impl FieldCase {
+    /// A configured case name: `None` for `snake_case` (names are matched as they are).
+    pub fn parse_name(s: &str) -> Result<Option<FieldCase>, String> {
+        match s {
+            "snake_case" | "lower_underscore" | "lowerUnderscore" | "lower-underscore" => Ok(None),
+            other => other.parse().map(Some),
+        }
+    }
+}
+
 impl std::str::FromStr for FieldCase {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "lowerCamel" | "lower-camel" => Ok(Self::LowerCamel),
-            "UpperCamel" | "upper-camel" => Ok(Self::UpperCamel),
-            "lower-hyphen" => Ok(Self::LowerHyphen),
-            "UPPER_UNDERSCORE" | "upper-underscore" => Ok(Self::UpperUnderscore),
+            "camelCase" | "lowerCamel" | "lower-camel" => Ok(Self::LowerCamel),
+            "PascalCase" | "UpperCamel" | "upper-camel" => Ok(Self::UpperCamel),
+            "kebab-case" | "lower-hyphen" => Ok(Self::LowerHyphen),
+            "SCREAMING_SNAKE_CASE" | "UPPER_UNDERSCORE" | "upper-underscore" => {
+                Ok(Self::UpperUnderscore)
+            }
             _ => Err(format!(
-                "unknown field-name case {s:?}; use lowerCamel, UpperCamel, lower-hyphen or UPPER_UNDERSCORE"
+                "unknown field-name case {s:?}; use {FIELD_CASE_NAMES}"
             )),
         }
     }
+}
+
+/// Who set a Kafka record's timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampType {
+    /// The producer (Kafka's `CreateTime`).
+    CreateTime,
+    /// The broker, when the record was appended (`LogAppendTime`).
+    LogAppendTime,
+}
+
+impl TimestampType {
+    /// The name Kafka's Java client gives it, stored in a `timestamp_type` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CreateTime => "CreateTime",
+            Self::LogAppendTime => "LogAppendTime",
+        }
+    }
+}
+
+/// One Kafka record as the decoder sees it: bytes and coordinates, not the client's types.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    /// `None` for a tombstone (read as JSON `null`: not an object).
+    pub value: Option<&'a [u8]>,
+    /// Milliseconds since the epoch, and who set them.
+    pub timestamp: Option<(TimestampType, i64)>,
+    /// In the order the record carries them; a name may repeat.
+    pub headers: &'a [(String, Option<Vec<u8>>)],
+}
+
+impl RawRecord<'_> {
+    fn origin(&self) -> Origin<'_> {
+        Origin {
+            topic: self.topic,
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+
+    /// The value of the last header called `name` (Kafka's `lastHeader`).
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+}
+
+/// Kafka record metadata a column can be filled with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetadataField {
+    /// The record key: text in a string column (it must be UTF-8), bytes in a binary column.
+    Key,
+    Topic,
+    /// An int or long column.
+    Partition,
+    /// A long column.
+    Offset,
+    /// A timestamp (UTC wall-clock time), timestamptz, or long (epoch milliseconds) column.
+    Timestamp,
+    /// A string column: `CreateTime` or `LogAppendTime`.
+    TimestampType,
+    /// The last header of this name: text (UTF-8) in a string column, bytes in a binary column.
+    Header(String),
+}
+
+impl std::fmt::Display for MetadataField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Key => f.write_str("the record key"),
+            Self::Topic => f.write_str("the topic"),
+            Self::Partition => f.write_str("the partition"),
+            Self::Offset => f.write_str("the offset"),
+            Self::Timestamp => f.write_str("the record timestamp"),
+            Self::TimestampType => f.write_str("the record timestamp's type"),
+            Self::Header(h) => write!(f, "header {h:?}"),
+        }
+    }
+}
+
+impl MetadataField {
+    /// The column types it can be stored in, said for an error message.
+    fn allowed(&self) -> &'static str {
+        match self {
+            Self::Key | Self::Header(_) => {
+                "string (VARCHAR: as UTF-8 text) or binary (VARBINARY: as bytes)"
+            }
+            Self::Topic | Self::TimestampType => "string (VARCHAR)",
+            Self::Partition => "int or long (INTEGER or BIGINT)",
+            Self::Offset => "long (BIGINT)",
+            Self::Timestamp => {
+                "timestamptz, timestamp (UTC wall-clock time) or long (epoch milliseconds)"
+            }
+        }
+    }
+
+    fn fits(&self, t: &iceberg::spec::Type) -> bool {
+        use iceberg::spec::{PrimitiveType as P, Type};
+        let Type::Primitive(p) = t else { return false };
+        match self {
+            Self::Key | Self::Header(_) => matches!(p, P::String | P::Binary),
+            Self::Topic | Self::TimestampType => matches!(p, P::String),
+            Self::Partition => matches!(p, P::Int | P::Long),
+            Self::Offset => matches!(p, P::Long),
+            Self::Timestamp => matches!(
+                p,
+                P::Timestamp | P::Timestamptz | P::TimestampNs | P::TimestamptzNs | P::Long
+            ),
+        }
+    }
+}
+
+/// A top-level column filled from the Kafka record's metadata instead of its JSON value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataColumn {
+    /// The column name (exactly as in the table).
+    pub column: String,
+    pub field: MetadataField,
 }
 
 /// A top-level column whose value is taken from elsewhere in the record.
@@ -113,6 +264,8 @@ pub struct DecodeOptions {
     pub timestamp_zone: Option<chrono_tz::Tz>,
     /// The unit of epoch numbers in timestamp columns.
     pub epoch_unit: EpochUnit,
+    /// Columns filled from the Kafka record's metadata (JSON fields of the same name are skipped).
+    pub metadata: Vec<MetadataColumn>,
 }
 
 /// Why a decoder cannot be built for a schema and options. These are configuration errors: fatal.
@@ -124,6 +277,21 @@ pub enum DecodeSetupError {
     Arrow(String),
     #[error("projection onto column {column:?}: the table has no such top-level column")]
     UnknownColumn { column: String },
+    #[error("{field} goes to column {column:?}, which is not a top-level column of the table")]
+    UnknownMetadataColumn { column: String, field: MetadataField },
+    #[error("{field} goes to column {column:?} of type {found}; it can go only to a {allowed} column")]
+    MetadataType {
+        column: String,
+        field: MetadataField,
+        found: String,
+        allowed: &'static str,
+    },
+    #[error("column {column:?} is filled twice: {first} and {second}")]
+    Conflict {
+        column: String,
+        first: String,
+        second: String,
+    },
     #[error("{what} {pointer:?} is not a JSON pointer (it must be empty or start with '/')")]
     InvalidPointer { what: &'static str, pointer: String },
 }
@@ -139,8 +307,13 @@ pub struct Decoder {
     unnest: Option<Vec<String>>,
     /// (column index, pointer tokens)
     projections: Vec<(usize, Vec<String>)>,
-    /// `overridden[i]`: column `i` comes from a projection.
+    /// (column index, what fills it)
+    metadata: Vec<(usize, MetadataField)>,
+    /// `overridden[i]`: column `i` comes from a projection or from metadata.
     overridden: Vec<bool>,
+    /// Whether some column is filled from the JSON value (not only from metadata): only then can a
+    /// record match no column.
+    value_columns: bool,
 }
 
 impl Decoder {
@@ -158,6 +331,19 @@ impl Decoder {
             .map(|p| pointer_tokens(p, "unnest pointer"))
             .transpose()?;
         let mut overridden = vec![false; root.cols.len()];
+        // What fills each column other than its JSON field, for naming conflicts.
+        let mut filled_by: Vec<Option<String>> = vec![None; root.cols.len()];
+        let mut claim = |i: usize, by: String| match filled_by[i].take() {
+            Some(first) => Err(DecodeSetupError::Conflict {
+                column: root.cols[i].name.clone(),
+                first,
+                second: by,
+            }),
+            None => {
+                filled_by[i] = Some(by);
+                Ok(())
+            }
+        };
         let mut projections = Vec::new();
         for p in &options.projections {
             let i = root
@@ -165,9 +351,31 @@ impl Decoder {
                 .ok_or_else(|| DecodeSetupError::UnknownColumn {
                     column: p.column.clone(),
                 })?;
+            claim(i, format!("the projection of {:?}", p.pointer))?;
             overridden[i] = true;
             projections.push((i, pointer_tokens(&p.pointer, "projection pointer")?));
         }
+        let mut metadata = Vec::new();
+        for m in &options.metadata {
+            let unknown = || DecodeSetupError::UnknownMetadataColumn {
+                column: m.column.clone(),
+                field: m.field.clone(),
+            };
+            let i = root.position(&m.column).ok_or_else(unknown)?;
+            let field = schema.field_by_name(&m.column).ok_or_else(unknown)?;
+            if !m.field.fits(&field.field_type) {
+                return Err(DecodeSetupError::MetadataType {
+                    column: m.column.clone(),
+                    field: m.field.clone(),
+                    found: field.field_type.to_string(),
+                    allowed: m.field.allowed(),
+                });
+            }
+            claim(i, m.field.to_string())?;
+            overridden[i] = true;
+            metadata.push((i, m.field.clone()));
+        }
+        let value_columns = metadata.len() < root.cols.len();
         let zone = options
             .timestamp_zone
             .map_or(ZoneRule::Fixed(0), ZoneRule::Region);
@@ -184,7 +392,9 @@ impl Decoder {
             rows: 0,
             unnest,
             projections,
+            metadata,
             overridden,
+            value_columns,
         })
     }
 
@@ -199,10 +409,26 @@ impl Decoder {
         self.schema_id
     }
 
-    /// Decodes one record and appends it. On error nothing of this record is kept.
+    /// Decodes one record's JSON value (no Kafka metadata) and appends it. On error nothing of
+    /// this record is kept.
     pub fn append(&mut self, value: &[u8], origin: &Origin) -> Result<(), RecordError> {
+        self.append_record(&RawRecord {
+            topic: origin.topic,
+            partition: origin.partition,
+            offset: origin.offset,
+            key: None,
+            value: Some(value),
+            timestamp: None,
+            headers: &[],
+        })
+    }
+
+    /// Decodes one Kafka record (its value, and the metadata columns from the rest) and appends
+    /// it. On error nothing of this record is kept.
+    pub fn append_record(&mut self, record: &RawRecord) -> Result<(), RecordError> {
         let ignored = self.cx.ignored;
-        match self.append_row(value) {
+        let value = record.value.unwrap_or(b"null");
+        match self.append_row(value, record) {
             Ok(()) => {
                 self.rows += 1;
                 Ok(())
@@ -210,23 +436,49 @@ impl Decoder {
             Err(fail) => {
                 self.root.truncate(self.rows);
                 self.cx.ignored = ignored;
-                Err(fail.into_record_error(origin))
+                Err(fail.into_record_error(&record.origin()))
             }
         }
     }
 
-    fn append_row(&mut self, value: &[u8]) -> Result<(), Box<Fail>> {
+    /// The part of a record's value that holds the row: the object the unnest pointer names, or
+    /// the whole value. `None` when the pointer leads nowhere or the value is not JSON.
+    pub fn row_of<'v>(&self, value: &'v [u8]) -> Option<&'v [u8]> {
+        match &self.unnest {
+            None => Some(value),
+            Some(tokens) => locate(value, tokens).ok().flatten().map(|r| &value[r]),
+        }
+    }
+
+    /// A JSON field name as the column name it is matched to (after the field-name case
+    /// conversion), for auto_evolve naming new columns.
+    pub fn column_name_of(&self, field: &str) -> String {
+        match self.cx.field_case {
+            None => field.to_owned(),
+            Some(case) => {
+                let mut out = Vec::new();
+                case.to_lower_underscore(field.as_bytes(), &mut out);
+                String::from_utf8(out).unwrap_or_else(|_| field.to_owned())
+            }
+        }
+    }
+
+    fn append_row(&mut self, value: &[u8], record: &RawRecord) -> Result<(), Box<Fail>> {
         // UTF-8 is checked by the reader, in strings (the only place JSON allows non-ASCII).
         let mut cur = Cursor::new(value);
         if self.unnest.is_none() && self.projections.is_empty() {
             if cur.peek()? != b'{' {
                 return Err(not_an_object(&mut cur, "the record"));
             }
+            let start = cur.i;
             self.root.begin();
             self.root
-                .members(&mut cur, &mut self.cx, 0, self.rows, &[])?;
+                .members(&mut cur, &mut self.cx, 0, self.rows, &self.overridden)?;
             cur.end()?;
-            return self.root.finish_object();
+            if self.value_columns && !self.root.seen_any() {
+                no_matching_fields(value, start)?;
+            }
+            return self.finish_row(record);
         }
         // Reshaping: check the whole record first, then read the parts the pointers name.
         cur.skip(None, 0)?;
@@ -244,6 +496,7 @@ impl Decoder {
             })?,
         };
         self.root.begin();
+        let mut projected = false;
         for (i, tokens) in &self.projections {
             let col = &mut self.root.cols[*i];
             match locate(value, tokens)? {
@@ -255,6 +508,7 @@ impl Decoder {
                     if let Err(e) = build::decode(col, &mut sub, &mut self.cx, 1) {
                         return Err(e.within(col.name.clone()));
                     }
+                    projected = true;
                 }
                 None if col.nullable => col.append_null(),
                 None => {
@@ -277,8 +531,36 @@ impl Decoder {
         if sub.peek()? != b'{' {
             return Err(not_an_object(&mut sub, "the unnested row"));
         }
+        let start = sub.i;
+        let before = self.root.seen_count();
         self.root
             .members(&mut sub, &mut self.cx, 0, self.rows, &self.overridden)?;
+        if self.value_columns && !projected && self.root.seen_count() == before {
+            no_matching_fields(&value[..row.end], start)?;
+        }
+        self.finish_row(record)
+    }
+
+    /// Fills the metadata columns and the missing ones.
+    fn finish_row(&mut self, record: &RawRecord) -> Result<(), Box<Fail>> {
+        for (i, field) in &self.metadata {
+            let col = &mut self.root.cols[*i];
+            let value = match field {
+                MetadataField::Key => record.key.map_or(Meta::Null, Meta::Bytes),
+                MetadataField::Topic => Meta::Bytes(record.topic.as_bytes()),
+                MetadataField::Partition => Meta::Long(i64::from(record.partition)),
+                MetadataField::Offset => Meta::Long(record.offset),
+                MetadataField::Timestamp => record.timestamp.map_or(Meta::Null, |(_, ms)| Meta::Millis(ms)),
+                MetadataField::TimestampType => record
+                    .timestamp
+                    .map_or(Meta::Null, |(t, _)| Meta::Bytes(t.as_str().as_bytes())),
+                MetadataField::Header(name) => record.header(name).map_or(Meta::Null, Meta::Bytes),
+            };
+            if let Err(e) = col.put_meta(value, field) {
+                return Err(e.within(col.name.clone()));
+            }
+            self.root.mark_seen(*i);
+        }
         self.root.finish_object()
     }
 
@@ -329,6 +611,51 @@ fn not_an_object(cur: &mut Cursor, what: &str) -> Box<Fail> {
         RecordErrorKind::NotAnObject,
         format!("{what} is not a JSON object: {}", fail::truncated(text, 80)),
     )
+}
+
+/// Field names shown when a record matches no column.
+const SHOWN_FIELD_NAMES: usize = 5;
+
+/// The error for an object (at `start` in `b`, valid JSON) none of whose fields is a column, or
+/// `Ok` when it has no fields at all (`{}` is a row of NULLs).
+fn no_matching_fields(b: &[u8], start: usize) -> Result<(), Box<Fail>> {
+    let mut cur = Cursor { b, i: start + 1 };
+    let mut scratch = Vec::new();
+    let mut names = Vec::new();
+    let mut total = 0usize;
+    if cur.peek()? != b'}' {
+        loop {
+            cur.peek()?;
+            let at = cur.i;
+            let key = cur.string()?;
+            if names.len() < SHOWN_FIELD_NAMES {
+                names.push(format!("{:?}", fail::truncated(key.text(&mut scratch, at)?, 40)));
+            }
+            total += 1;
+            cur.eat(b':', "':'")?;
+            cur.skip(None, 1)?;
+            if !cur.next_or_close(b'}')? {
+                break;
+            }
+        }
+    }
+    if total == 0 {
+        return Ok(());
+    }
+    let more = if total > names.len() {
+        format!(" and {} more", total - names.len())
+    } else {
+        String::new()
+    };
+    Err(Fail::new(
+        RecordErrorKind::NoMatchingFields,
+        format!(
+            "no field of the record matches a column of the table (its fields: {}{more}); the \
+             producer writes another shape than the table has: check the table's columns and the \
+             [decode] options (field_case, unnest, projections)",
+            names.join(", ")
+        ),
+    ))
 }
 
 /// Splits an RFC 6901 JSON pointer into its unescaped reference tokens.

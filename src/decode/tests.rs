@@ -437,7 +437,7 @@ fn extra_fields_are_ignored_and_counted() {
         [1, 2]
     );
     // Counting does not reset with finish.
-    batch(&mut dec, &[r#"{"b": 1}"#]);
+    batch(&mut dec, &[r#"{"b": 1, "a": 3}"#]);
     assert_eq!(dec.ignored_fields(), 4);
 }
 
@@ -1446,17 +1446,28 @@ fn field_names_are_converted_to_lower_underscore_at_every_depth() {
     assert_eq!(out, b"h_t_t_p_server");
     assert_eq!("lowerCamel".parse::<FieldCase>(), Ok(FieldCase::LowerCamel));
     assert!("snake".parse::<FieldCase>().is_err());
+    for (name, case) in [
+        ("camelCase", Some(FieldCase::LowerCamel)),
+        ("PascalCase", Some(FieldCase::UpperCamel)),
+        ("kebab-case", Some(FieldCase::LowerHyphen)),
+        ("SCREAMING_SNAKE_CASE", Some(FieldCase::UpperUnderscore)),
+        ("snake_case", None),
+    ] {
+        assert_eq!(FieldCase::parse_name(name), Ok(case), "{name}");
+    }
+    let e = FieldCase::parse_name("Camel").unwrap_err();
+    assert!(e.contains("\"Camel\"") && e.contains("camelCase"), "{e}");
 }
 
 #[test]
 fn case_insensitive_matching() {
     let cols = "user_id BIGINT, nested ROW(inner_value VARCHAR)";
     let record = r#"{"User_ID": 1, "NESTED": {"Inner_Value": "v"}}"#;
-    // Off by default: the fields are ignored.
+    // Off by default: no field matches, so the record is an error, not a row of NULLs.
     let mut dec = decoder(cols);
-    let b = batch(&mut dec, &[record]);
-    assert!(b.column(0).is_null(0));
-    assert_eq!(dec.ignored_fields(), 2);
+    let e = dec.append(record.as_bytes(), &ORIGIN).unwrap_err();
+    assert_eq!(e.kind(), RecordErrorKind::NoMatchingFields);
+    assert_eq!(dec.ignored_fields(), 0, "a failed record leaves the count as it was");
     let mut dec = decoder_with(cols, options(|o| o.case_insensitive = true));
     let b = batch(&mut dec, &[record]);
     assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 1);
@@ -1572,4 +1583,193 @@ fn a_decoder_can_move_to_another_thread() {
     let e = fails("a BIGINT", "x");
     send(&e);
     let _: &(dyn std::error::Error + Send + Sync) = &e;
+}
+
+
+// ---- records that match no column ------------------------------------------------------------------
+
+#[test]
+fn a_record_matching_no_column_is_an_error_not_a_row_of_nulls() {
+    let mut dec = decoder("id BIGINT, string_map MAP(VARCHAR, VARCHAR)");
+    let e = dec
+        .append(
+            br#"{"specversion": "1.0", "type": "t", "source": "/s", "subject": "x", "time": "now", "data": {"id": 1}, "extra": 2}"#,
+            &ORIGIN,
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), RecordErrorKind::NoMatchingFields);
+    assert_eq!(e.kind().as_str(), "no-matching-fields");
+    let shown = e.to_string();
+    for needle in [
+        r#""specversion", "type", "source", "subject", "time" and 2 more"#,
+        "topic events, partition 3, offset 1812",
+        "field_case",
+    ] {
+        assert!(shown.contains(needle), "{needle:?} missing: {shown}");
+    }
+    // camelCase without the case option: `stringMap` matches nothing.
+    let e = dec.append(br#"{"stringMap": {"k": "v"}}"#, &ORIGIN).unwrap_err();
+    assert_eq!(e.kind(), RecordErrorKind::NoMatchingFields);
+    assert!(e.message().contains(r#""stringMap""#), "{e}");
+    // One matching field is enough, even when null; `{}` has no fields and is a row of NULLs.
+    dec.append(br#"{"x": 1, "id": null}"#, &ORIGIN).unwrap();
+    dec.append(br#"{}"#, &ORIGIN).unwrap();
+    assert_eq!(dec.finish().num_rows(), 2);
+}
+
+#[test]
+fn no_matching_fields_after_unnesting_and_with_projections() {
+    let opts = options(|o| {
+        o.unnest = Some("/data".into());
+        o.projections = vec![projection("event_id", "/id")];
+    });
+    let mut dec = decoder_with("event_id VARCHAR, a BIGINT", opts);
+    // The projection found a value: the record matched.
+    dec.append(br#"{"id": "e1", "data": {"zz": 1}}"#, &ORIGIN).unwrap();
+    // Neither the projection nor the row's fields match.
+    let e = dec.append(br#"{"other": "e1", "data": {"zz": 1, "yy": 2}}"#, &ORIGIN).unwrap_err();
+    assert_eq!(e.kind(), RecordErrorKind::NoMatchingFields);
+    assert!(e.message().contains(r#"its fields: "zz", "yy")"#), "the unnested row's fields: {e}");
+    let opts = options(|o| o.unnest = Some("/data".into()));
+    let mut dec = decoder_with("a BIGINT", opts);
+    dec.append(br#"{"data": {"a": 1}}"#, &ORIGIN).unwrap();
+    let e = dec.append(br#"{"data": {"b": 1}}"#, &ORIGIN).unwrap_err();
+    assert_eq!(e.kind(), RecordErrorKind::NoMatchingFields);
+    assert_eq!(dec.finish().num_rows(), 1);
+}
+
+// ---- Kafka metadata columns --------------------------------------------------------------------------
+
+fn meta(column: &str, field: MetadataField) -> MetadataColumn {
+    MetadataColumn { column: column.into(), field }
+}
+
+fn all_metadata() -> Vec<MetadataColumn> {
+    vec![
+        meta("k", MetadataField::Key),
+        meta("kb", MetadataField::Key),
+        meta("t", MetadataField::Topic),
+        meta("p", MetadataField::Partition),
+        meta("o", MetadataField::Offset),
+        meta("ts", MetadataField::Timestamp),
+        meta("ts_ms", MetadataField::Timestamp),
+        meta("tt", MetadataField::TimestampType),
+        meta("trace", MetadataField::Header("trace-id".into())),
+        meta("raw", MetadataField::Header("bin".into())),
+    ]
+}
+
+const META_COLUMNS: &str = "a BIGINT, k VARCHAR, kb VARBINARY, t VARCHAR, p INTEGER, o BIGINT, \
+    ts TIMESTAMP(6) WITH TIME ZONE, ts_ms BIGINT, tt VARCHAR, trace VARCHAR, raw VARBINARY";
+
+#[test]
+fn metadata_columns_take_the_records_metadata() {
+    let mut dec = decoder_with(META_COLUMNS, options(|o| o.metadata = all_metadata()));
+    let headers = vec![
+        ("trace-id".to_owned(), Some(b"first".to_vec())),
+        ("bin".to_owned(), Some(vec![0xff, 0x00])),
+        ("trace-id".to_owned(), Some(b"last".to_vec())),
+    ];
+    let record = RawRecord {
+        topic: "orders",
+        partition: 7,
+        offset: 123_456_789_012,
+        key: Some(b"key-1"),
+        // A JSON field named like a metadata column does not override it.
+        value: Some(br#"{"a": 1, "t": "from the value"}"#),
+        timestamp: Some((TimestampType::LogAppendTime, 1_700_000_000_123)),
+        headers: &headers,
+    };
+    dec.append_record(&record).unwrap();
+    let bare = RawRecord {
+        key: None,
+        timestamp: None,
+        headers: &[],
+        value: Some(br#"{"a": 2}"#),
+        ..record
+    };
+    dec.append_record(&bare).unwrap();
+    let b = dec.finish();
+    let col = |name: &str| b.column_by_name(name).unwrap().clone();
+    assert_eq!(col("a").as_primitive::<Int64Type>().values().to_vec(), [1, 2]);
+    assert_eq!(col("k").as_string::<i32>().value(0), "key-1");
+    assert!(col("k").is_null(1));
+    assert_eq!(col("kb").as_binary::<i64>().value(0), b"key-1");
+    assert_eq!(col("t").as_string::<i32>().value(0), "orders");
+    assert_eq!(col("t").as_string::<i32>().value(1), "orders");
+    assert_eq!(col("p").as_primitive::<Int32Type>().value(0), 7);
+    assert_eq!(col("o").as_primitive::<Int64Type>().value(0), 123_456_789_012);
+    assert_eq!(col("ts").as_primitive::<TimestampMicrosecondType>().value(0), 1_700_000_000_123_000);
+    assert!(col("ts").is_null(1));
+    assert_eq!(col("ts_ms").as_primitive::<Int64Type>().value(0), 1_700_000_000_123);
+    assert_eq!(col("tt").as_string::<i32>().value(0), "LogAppendTime");
+    assert!(col("tt").is_null(1));
+    assert_eq!(col("trace").as_string::<i32>().value(0), "last", "the last header of a name wins");
+    assert_eq!(col("raw").as_binary::<i64>().value(0), [0xff, 0x00]);
+    assert!(col("trace").is_null(1) && col("raw").is_null(1));
+}
+
+#[test]
+fn metadata_values_that_do_not_fit_are_record_errors() {
+    let mut dec = decoder_with(
+        "a BIGINT, k VARCHAR NOT NULL",
+        options(|o| o.metadata = vec![meta("k", MetadataField::Key)]),
+    );
+    let mut record = RawRecord {
+        topic: "orders",
+        partition: 0,
+        offset: 5,
+        key: Some(&[0xff, 0xfe]),
+        value: Some(br#"{"a": 1}"#),
+        timestamp: None,
+        headers: &[],
+    };
+    let e = dec.append_record(&record).unwrap_err();
+    assert_eq!(e.kind(), RecordErrorKind::InvalidUtf8);
+    assert_eq!(e.column(), "k");
+    assert!(e.message().contains("binary (VARBINARY)"), "{e}");
+    record.key = None;
+    let e = dec.append_record(&record).unwrap_err();
+    assert_eq!(e.kind(), RecordErrorKind::MissingRequired);
+    assert!(e.to_string().contains("the record key is absent"), "{e}");
+    assert_eq!(dec.len(), 0);
+}
+
+#[test]
+fn a_table_of_metadata_columns_only_takes_every_object() {
+    let mut dec = decoder_with(
+        "t VARCHAR, o BIGINT",
+        options(|o| o.metadata = vec![meta("t", MetadataField::Topic), meta("o", MetadataField::Offset)]),
+    );
+    dec.append(br#"{"anything": 1}"#, &ORIGIN).unwrap();
+    assert_eq!(dec.finish().num_rows(), 1);
+}
+
+#[test]
+fn metadata_setup_errors() {
+    let bad = |columns: &str, metadata: Vec<MetadataColumn>, projections: Vec<Projection>| {
+        Decoder::new(&schema_of(columns), options(|o| {
+            o.metadata = metadata;
+            o.projections = projections;
+        }))
+        .err()
+        .expect("should be refused")
+        .to_string()
+    };
+    let e = bad("a BIGINT", vec![meta("kafka_key", MetadataField::Key)], vec![]);
+    assert!(e.contains("the record key goes to column \"kafka_key\", which is not a top-level column"), "{e}");
+    let e = bad("a BIGINT, o INTEGER", vec![meta("o", MetadataField::Offset)], vec![]);
+    assert!(e.contains("the offset goes to column \"o\" of type int; it can go only to a long (BIGINT) column"), "{e}");
+    let e = bad("a BIGINT, k DOUBLE", vec![meta("k", MetadataField::Key)], vec![]);
+    assert!(e.contains("string (VARCHAR: as UTF-8 text) or binary"), "{e}");
+    let e = bad("a BIGINT, ts DATE", vec![meta("ts", MetadataField::Timestamp)], vec![]);
+    assert!(e.contains("timestamptz, timestamp"), "{e}");
+    let e = bad("a BIGINT, n ROW(x INTEGER)", vec![meta("n", MetadataField::Topic)], vec![]);
+    assert!(e.contains("it can go only to a string (VARCHAR) column"), "{e}");
+    let e = bad(
+        "a BIGINT, k VARCHAR",
+        vec![meta("k", MetadataField::Key)],
+        vec![projection("k", "/key")],
+    );
+    assert!(e.contains("column \"k\" is filled twice: the projection of \"/key\" and the record key"), "{e}");
 }

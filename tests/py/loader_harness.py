@@ -396,8 +396,10 @@ class Publisher:
 
     def __init__(self, pipeline: "Pipeline", count: int, first_id: int, partitions: int,
                  rate: float | None = None, spread: str | None = None,
-                 keep: Callable[[int], bool] = lambda _id: True, bad_every: int | None = None) -> None:
+                 keep: Callable[[int], bool] = lambda _id: True, bad_every: int | None = None,
+                 shape: str = "seed") -> None:
         self.pipeline = pipeline
+        self.shape = shape
         self.count = count
         self.first_id = first_id
         self.args = ["publish-sample", "--topic", pipeline.topic, "--count", str(count),
@@ -408,6 +410,8 @@ class Publisher:
             self.args += ["--spread", spread]
         if bad_every is not None:
             self.args += ["--bad-every", str(bad_every)]
+        if shape != "seed":
+            self.args += ["--shape", shape]
         self.bad_every = bad_every
         self.keep = keep
         self.result = Produced()
@@ -431,7 +435,8 @@ class Publisher:
                         self.result.bad.append(self.first_id + i)
                         continue
                     rec = json.loads(line)
-                    rid = rec["id"]
+                    # A CloudEvents envelope's own id is a string; the sample's id is in its data.
+                    rid = rec["data"]["id"] if self.shape == "cloudevents" else rec["id"]
                     self.result.ids.append(rid)
                     if self.keep(rid):
                         self.result.records[rid] = rec
@@ -505,7 +510,8 @@ class Pipeline:
     def write_config(self, interval: str = "1s", kafka: dict[str, object] | None = None,
                      bootstrap: str | None = None, commit: dict[str, object] | None = None,
                      dead_letter: dict[str, object] | None = None, source: dict[str, object] | None = None,
-                     schema: dict[str, object] | None = None) -> None:
+                     schema: dict[str, object] | None = None, extra: str = "") -> None:
+        """Writes the pipeline's config file; `extra` is TOML appended as it is (e.g. `[decode]`)."""
         c = self.catalog_spec
         lines = [f"data_dir = {toml_str(str(self.data_dir))}", "", "[catalog]", f"name = {toml_str(c.name)}"]
         if c.kind == "postgres":
@@ -530,6 +536,8 @@ class Pipeline:
             lines += ["", "[dead_letter]"] + [f"{k} = {toml_value(v)}" for k, v in dead_letter.items()]
         if schema:
             lines += ["", "[schema]"] + [f"{k} = {toml_value(v)}" for k, v in schema.items()]
+        if extra:
+            lines += ["", extra.strip()]
         self.config.write_text("\n".join(lines) + "\n")
 
     def floe(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
