@@ -9,6 +9,7 @@
 # Tests find the services and the binary through these variables:
 #   FLOE_TEST_KAFKA     bootstrap address, 127.0.0.1:<port>
 #   FLOE_TEST_POSTGRES  postgresql://floe:floe@127.0.0.1:<port>/floe
+#   FLOE_TEST_REST      http://127.0.0.1:<port> (an Iceberg REST catalog, scripts/rest-catalog.sh)
 #   FLOE_BIN            the floe binary ($CARGO_TARGET_DIR/debug/floe)
 #   FLOE_REPO           the repository root
 # CARGO_TARGET_DIR defaults to ~/.cache/floe/target (a build cache outside the clone).
@@ -44,7 +45,7 @@ if $run_py; then scripts/trino.sh fetch; fi
 # --- services: started now, in the background, so they boot while cargo builds ------------------
 WORK="$(mktemp -d -t floe-test.XXXXXX)"
 chmod 755 "$WORK" # the PostgreSQL server runs as user postgres and must enter it
-kafka_job="" pg_job="" summary="" service_logs=false
+kafka_job="" pg_job="" rest_job="" summary="" service_logs=false
 
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
@@ -53,9 +54,11 @@ cleanup() {
   # A start still in progress finishes (bounded by its own deadline) so that it can be stopped.
   if [[ -n $kafka_job ]]; then wait "$kafka_job" 2>/dev/null || true; fi
   if [[ -n $pg_job ]]; then wait "$pg_job" 2>/dev/null || true; fi
+  if [[ -n $rest_job ]]; then wait "$rest_job" 2>/dev/null || true; fi
   if ((rc != 0)) && $service_logs; then
     local f
-    for f in "$WORK/kafka.start.log" "$WORK/kafka/kafka.log" "$WORK/pg.start.log" "$WORK/pg/postgres.log"; do
+    for f in "$WORK/kafka.start.log" "$WORK/kafka/kafka.log" "$WORK/pg.start.log" "$WORK/pg/postgres.log" \
+      "$WORK/rest.start.log" "$WORK/rest/server.log"; do
       [[ -s $f ]] || continue
       echo "---- last lines of $f ----" >&2
       tail -n 25 "$f" >&2
@@ -63,6 +66,7 @@ cleanup() {
   fi
   scripts/kafka.sh stop "$WORK/kafka" 2>/dev/null || say "could not stop Kafka in $WORK/kafka"
   scripts/postgres.sh stop "$WORK/pg" 2>/dev/null || say "could not stop PostgreSQL in $WORK/pg"
+  scripts/rest-catalog.sh stop "$WORK/rest" 2>/dev/null || say "could not stop the REST catalog in $WORK/rest"
   rm -rf "$WORK"
   if [[ -n $summary ]]; then say "$summary"; fi
   exit "$rc"
@@ -76,6 +80,9 @@ FLOE_KAFKA_START_TIMEOUT="${FLOE_KAFKA_START_TIMEOUT:-180}" scripts/kafka.sh sta
 kafka_job=$!
 scripts/postgres.sh start "$WORK/pg" >"$WORK/pg.start.log" 2>&1 &
 pg_job=$!
+# About 2 s once fetched (the first run downloads ~80 MB of jars from Maven Central).
+scripts/rest-catalog.sh start "$WORK/rest" >"$WORK/rest.start.log" 2>&1 &
+rest_job=$!
 
 # --- build ---------------------------------------------------------------------------------
 say "cargo build --locked --bins --tests (target dir $CARGO_TARGET_DIR)"
@@ -94,10 +101,13 @@ wait "$kafka_job" || { kafka_job=""; die "Kafka did not start"; }
 kafka_job=""
 wait "$pg_job" || { pg_job=""; die "PostgreSQL did not start"; }
 pg_job=""
+wait "$rest_job" || { rest_job=""; die "the REST catalog did not start"; }
+rest_job=""
 FLOE_TEST_KAFKA="$(cat "$WORK/kafka/bootstrap")"
 FLOE_TEST_POSTGRES="$(cat "$WORK/pg/uri")"
-export FLOE_TEST_KAFKA FLOE_TEST_POSTGRES
-say "Kafka at $FLOE_TEST_KAFKA, PostgreSQL at $FLOE_TEST_POSTGRES"
+FLOE_TEST_REST="$(cat "$WORK/rest/uri")"
+export FLOE_TEST_KAFKA FLOE_TEST_POSTGRES FLOE_TEST_REST
+say "Kafka at $FLOE_TEST_KAFKA, PostgreSQL at $FLOE_TEST_POSTGRES, REST catalog at $FLOE_TEST_REST"
 
 # --- tests: both suites run even if the first fails -----------------------------------------
 rust_status="skipped" py_status="skipped" failed=0

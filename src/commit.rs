@@ -81,6 +81,12 @@ pub struct Staged {
 /// One kind of commit.
 pub trait Operation {
     type Outcome;
+    /// Told once, before the first attempt, whether the catalog's commit is conditioned on the
+    /// whole base metadata, table properties included (`pins_properties`). When it is not (a
+    /// REST catalog asserts snapshot ids and schema/spec ids, never a property), an operation
+    /// that changes a fenced property (the ledger) must also move `main`, so that the assertion
+    /// on `main`'s snapshot id pins the property's value too.
+    fn prepare(&mut self, _pins_properties: bool) {}
     /// Looks at the metadata the commit would replace.
     fn check(&mut self, base: &LoadedTable) -> Result<Check<Self::Outcome>, CommitError>;
     /// Checks that must read files of `base` (its manifests, say): runs after `check` passed, on
@@ -148,6 +154,7 @@ impl CommitEngine {
     /// The loop: load, check, build, swap; on conflict clean up and go again.
     pub async fn commit<O: Operation + Send>(&self, op: &mut O) -> Result<O::Outcome, CommitError> {
         let mut conflicts = 0;
+        op.prepare(self.catalog.pins_properties());
         loop {
             let base = self.catalog.load(&self.table).await?;
             if let Check::Stop(outcome) = op.check(&base)? {
@@ -157,18 +164,13 @@ impl CommitEngine {
                 return Ok(outcome);
             }
             let staged = op.build(&base, self.catalog.file_io()).await?;
-            let swap = self.catalog.swap(&base, &staged.metadata).await;
+            let swap = self.catalog.commit(&base, staged.metadata).await;
             match swap {
-                Ok((location, Swap::Done)) => {
-                    self.delete_dropped_metadata(&base, &staged.metadata, &location).await;
-                    let new = LoadedTable {
-                        name: self.table.clone(),
-                        metadata_location: location,
-                        metadata: staged.metadata,
-                    };
+                Ok(Swap::Done(new)) => {
+                    self.delete_dropped_metadata(&base, &new).await;
                     return Ok(op.committed(&new, conflicts + 1));
                 }
-                Ok((_, Swap::Conflict)) => {
+                Ok(Swap::Conflict) => {
                     crate::write::delete_files(self.catalog.file_io(), staged.attempt_files).await;
                     conflicts += 1;
                     tracing::debug!(table = %self.table, conflicts, "commit conflict; reloading and checking again");
@@ -194,15 +196,16 @@ impl CommitEngine {
     /// After a successful swap: deletes the metadata files that the new metadata's log no longer
     /// names, when the table (or floe's default) says so. Only files the base's log named, or
     /// the base itself, are candidates: nothing another writer may still be committing from.
-    async fn delete_dropped_metadata(&self, base: &LoadedTable, new: &TableMetadata, new_location: &str) {
-        if !deletes_old_metadata(new, self.delete_old_metadata) {
+    async fn delete_dropped_metadata(&self, base: &LoadedTable, new: &LoadedTable) {
+        if !deletes_old_metadata(&new.metadata, self.delete_old_metadata) {
             return;
         }
         let kept: HashSet<&str> = new
+            .metadata
             .metadata_log()
             .iter()
             .map(|l| l.metadata_file.as_str())
-            .chain([new_location])
+            .chain([new.metadata_location.as_str()])
             .collect();
         let dropped: Vec<String> = base
             .metadata
@@ -240,6 +243,10 @@ pub struct Append {
     pub summary: HashMap<String, String>,
     /// Filled by `build`: the ledger this append writes.
     new_ledger: Option<Ledger>,
+    /// Whether an append without files still makes a (ledger-only) snapshot: set by `prepare`
+    /// when the catalog's commit does not pin table properties, so that the ledger never
+    /// changes without `main` moving.
+    ledger_snapshot: bool,
 }
 
 impl Append {
@@ -253,6 +260,7 @@ impl Append {
             properties: HashMap::new(),
             summary: HashMap::new(),
             new_ledger: None,
+            ledger_snapshot: false,
         }
     }
 }
@@ -275,8 +283,19 @@ pub enum AppendOutcome {
     },
 }
 
+impl Append {
+    /// Whether this append makes a snapshot (else it is a property-only commit).
+    fn makes_snapshot(&self) -> bool {
+        !self.files.is_empty() || !self.summary.is_empty() || self.ledger_snapshot
+    }
+}
+
 impl Operation for Append {
     type Outcome = AppendOutcome;
+
+    fn prepare(&mut self, pins_properties: bool) {
+        self.ledger_snapshot = !pins_properties;
+    }
 
     fn check(&mut self, base: &LoadedTable) -> Result<Check<AppendOutcome>, CommitError> {
         let ledger = Ledger::from_properties(base.metadata.properties(), &self.pipeline).map_err(|message| {
@@ -313,9 +332,9 @@ impl Operation for Append {
         props.insert(ledger::property_key(&self.pipeline), ledger.to_property());
         let table = base.name.to_string();
         self.new_ledger = Some(ledger);
-        if self.files.is_empty() && self.summary.is_empty() {
+        if !self.makes_snapshot() {
             // Offsets advanced without rows (e.g. every record dead-lettered): a property-only
-            // commit, no snapshot.
+            // commit, no snapshot (only where the catalog's swap pins the properties).
             let metadata = TableMetadataBuilder::new_from_metadata(
                 base.metadata.clone(),
                 Some(base.metadata_location.clone()),
@@ -344,7 +363,8 @@ impl Operation for Append {
 
     fn committed(&mut self, new: &LoadedTable, attempts: u32) -> AppendOutcome {
         AppendOutcome::Committed {
-            snapshot_id: (!self.files.is_empty() || !self.summary.is_empty())
+            snapshot_id: self
+                .makes_snapshot()
                 .then(|| new.metadata.current_snapshot().map(|s| s.snapshot_id()))
                 .flatten(),
             metadata_location: new.metadata_location.clone(),

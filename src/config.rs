@@ -433,25 +433,47 @@ fn default_data_dir() -> PathBuf {
 #[derive(Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogConfig {
-    /// Catalog kind; only the SQL (JDBC-layout) catalog exists so far.
+    /// Catalog kind: `sql` (default: SQLite or PostgreSQL in the JDBC layout) or `rest` (an
+    /// Iceberg REST catalog).
     #[serde(default, rename = "type")]
     pub kind: CatalogKind,
-    /// `sqlite:<path>` or `postgresql://user:password@host:port/db`. Default: the SQLite file
-    /// `<data_dir>/catalog.db`.
+    /// SQL: `sqlite:<path>` or `postgresql://user:password@host:port/db`. Default: the SQLite
+    /// file `<data_dir>/catalog.db`. REST: the catalog's base URI, `http(s)://host:port[/path]`
+    /// (required).
     pub uri: Option<String>,
     /// The catalog name stored in every row (Trino's `iceberg.jdbc-catalog.catalog-name`).
     pub name: Option<String>,
-    /// Root of new tables' locations. Default: `<data_dir>/warehouse`.
+    /// SQL: root of new tables' locations. Default: `<data_dir>/warehouse`. REST: the warehouse
+    /// the server is asked for (`GET /v1/config?warehouse=`); the server chooses locations.
     pub warehouse: Option<String>,
+    /// REST: a bearer token sent with every request.
+    pub token: Option<String>,
+    /// REST: OAuth2 client credentials, `client_id:client_secret`, exchanged for a token
+    /// (client-credentials grant) at `oauth2_server_uri`.
+    pub credential: Option<String>,
+    /// REST: the OAuth2 token endpoint. Default: `<uri>/v1/oauth/tokens`.
+    pub oauth2_server_uri: Option<String>,
+    /// REST: the OAuth2 scope asked for. Default: `catalog`.
+    pub scope: Option<String>,
+    /// REST: extra HTTP headers sent with every request (e.g. `X-Iceberg-Access-Delegation`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 impl fmt::Debug for CatalogConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "***");
         f.debug_struct("CatalogConfig")
             .field("kind", &self.kind)
             .field("uri", &self.uri.as_deref().map(redact_uri))
             .field("name", &self.name)
             .field("warehouse", &self.warehouse)
+            .field("token", &redacted(&self.token))
+            .field("credential", &redacted(&self.credential))
+            .field("oauth2_server_uri", &self.oauth2_server_uri)
+            .field("scope", &self.scope)
+            // Header values may carry credentials too.
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -461,6 +483,73 @@ impl fmt::Debug for CatalogConfig {
 pub enum CatalogKind {
     #[default]
     Sql,
+    Rest,
+    Glue,
+}
+
+impl CatalogConfig {
+    /// Checks the keys that depend on the catalog kind.
+    fn validate(&self) -> Result<(), String> {
+        let rest_only = [
+            ("token", self.token.is_some()),
+            ("credential", self.credential.is_some()),
+            ("oauth2_server_uri", self.oauth2_server_uri.is_some()),
+            ("scope", self.scope.is_some()),
+            ("headers", !self.headers.is_empty()),
+        ];
+        match self.kind {
+            CatalogKind::Sql | CatalogKind::Glue => {
+                if let Some((key, _)) = rest_only.iter().find(|(_, set)| *set) {
+                    return Err(format!(
+                        "catalog.{key} applies only to a REST catalog; set `type = \"rest\"` under [catalog] or remove it"
+                    ));
+                }
+                if self.kind == CatalogKind::Sql
+                    && let Some(uri) = &self.uri
+                {
+                    CatalogUri::parse(uri).map_err(|m| format!("catalog.uri: {m}"))?;
+                }
+            }
+            CatalogKind::Rest => {
+                let uri = self.uri.as_deref().ok_or(
+                    "catalog.uri is required for a REST catalog: the catalog's base URI, e.g. \"http://127.0.0.1:8181\"",
+                )?;
+                rest_url("catalog.uri", uri)?;
+                if let Some(uri) = &self.oauth2_server_uri {
+                    rest_url("catalog.oauth2_server_uri", uri)?;
+                }
+                if self.token.is_some() && self.credential.is_some() {
+                    return Err("catalog.token and catalog.credential are both set; use one (a token, or OAuth2 client credentials)".into());
+                }
+                if let Some(c) = &self.credential
+                    && !c.split_once(':').is_some_and(|(id, secret)| !id.is_empty() && !secret.is_empty())
+                {
+                    return Err("catalog.credential must be `client_id:client_secret` (the value is not shown)".into());
+                }
+                if self.scope.is_some() && self.credential.is_none() {
+                    return Err("catalog.scope is only used with catalog.credential (OAuth2 client credentials)".into());
+                }
+                for (name, value) in &self.headers {
+                    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        return Err(format!("catalog.headers: {name:?} is not a valid HTTP header name"));
+                    }
+                    if reqwest::header::HeaderValue::from_str(value).is_err() {
+                        return Err(format!("catalog.headers.{name}: the value is not a valid HTTP header value"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `uri` is an absolute http(s) URL.
+fn rest_url(key: &str, uri: &str) -> Result<(), String> {
+    match url::Url::parse(uri) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
+        Ok(_) => Err(format!("{key} = {:?} must be an http:// or https:// URL", redact_uri(uri))),
+        Err(e) => Err(format!("{key} = {:?}: {e}", redact_uri(uri))),
+    }
 }
 
 /// What to read.
@@ -638,9 +727,7 @@ impl Config {
                 self.commit.max_buffered_bytes
             )));
         }
-        if let Some(uri) = &self.catalog.uri {
-            CatalogUri::parse(uri).map_err(|m| invalid(format!("catalog.uri: {m}")))?;
-        }
+        self.catalog.validate().map_err(invalid)?;
         if let Some(name) = &self.catalog.name
             && name.trim().is_empty()
         {
@@ -1415,6 +1502,29 @@ mod tests {
         assert!(e.contains("on_data_loss") || e.contains("fail"), "{e}");
         let e = err("[source]\npartition_discovery = \"10ms\"\n");
         assert!(e.contains("partition_discovery"), "{e}");
+    }
+
+    #[test]
+    fn rest_catalog_keys() {
+        let c = parse(
+            "[catalog]\ntype = \"rest\"\nuri = \"http://127.0.0.1:8181\"\ncredential = \"id:s3cret\"\n\
+             scope = \"catalog\"\nheaders = { \"X-Tenant\" = \"t1\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.catalog.kind, CatalogKind::Rest);
+        assert_eq!(c.catalog.headers.get("X-Tenant").map(String::as_str), Some("t1"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret") && !shown.contains("t1"), "a secret leaked: {shown}");
+        let e = err("[catalog]\ntype = \"rest\"\n");
+        assert!(e.contains("catalog.uri is required"), "{e}");
+        let e = err("[catalog]\ntype = \"rest\"\nuri = \"sqlite:x.db\"\n");
+        assert!(e.contains("http://"), "{e}");
+        let e = err("[catalog]\ntype = \"rest\"\nuri = \"http://h\"\ntoken = \"t\"\ncredential = \"a:b\"\n");
+        assert!(e.contains("use one"), "{e}");
+        let e = err("[catalog]\ntype = \"rest\"\nuri = \"http://h\"\ncredential = \"nosecret\"\n");
+        assert!(e.contains("client_id:client_secret") && !e.contains("nosecret"), "{e}");
+        let e = err("[catalog]\ntoken = \"t\"\n");
+        assert!(e.contains("catalog.token applies only to a REST catalog"), "{e}");
     }
 
     #[test]

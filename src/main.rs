@@ -314,7 +314,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Maintain(args) => maintain(&config, args).await,
         Command::Catalog(CatalogCommand::Migrate) => {
-            let mut catalog = Catalog::open(&config).await.map_err(Failure::runtime)?;
+            let Catalog::Sql(mut catalog) = Catalog::open(&config).await.map_err(Failure::runtime)? else {
+                return Err(Failure::usage("floe catalog migrate upgrades a SQL catalog; this config's [catalog] is not one"));
+            };
             if catalog.migrate().await.map_err(Failure::runtime)? {
                 println!("catalog {:?} ({}): upgraded to the JDBC V1 layout (column iceberg_type added)", catalog.name(), catalog.uri());
             } else {

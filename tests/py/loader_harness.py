@@ -479,9 +479,14 @@ class Publisher:
 
 @dataclass
 class CatalogSpec:
-    kind: str  # "sqlite" | "postgres"
+    kind: str  # "sqlite" | "postgres" | "rest"
     name: str
     pg_uri: str | None = None  # postgresql://... for kind "postgres"
+    rest_uri: str | None = None  # http://... for kind "rest" (FLOE_TEST_REST)
+
+    @staticmethod
+    def rest(uri: str) -> "CatalogSpec":
+        return CatalogSpec("rest", "floe", rest_uri=uri)
 
 
 class Pipeline:
@@ -500,8 +505,11 @@ class Pipeline:
         self.topic = unique(f"{prefix}-t")
         self.group = unique(f"{prefix}-g")
         self.catalog_spec = catalog or CatalogSpec("sqlite", "floe")
+        # One REST catalog serves the whole test run: each pipeline's table gets its own namespace.
+        self.table_name = (f"{self.group.replace('-', '_')}.events" if self.catalog_spec.kind == "rest"
+                           else EVENTS_TABLE)
         self.config = root / "floe.toml"
-        self._catalog: SqlCatalog | None = None
+        self._catalog = None
         self._loaders = 0
         self.write_config()
 
@@ -517,6 +525,9 @@ class Pipeline:
         if c.kind == "postgres":
             assert c.pg_uri
             lines += [f"uri = {toml_str(c.pg_uri)}", f"warehouse = {toml_str(str(self.warehouse))}"]
+        elif c.kind == "rest":
+            assert c.rest_uri
+            lines += ['type = "rest"', f"uri = {toml_str(c.rest_uri)}"]
         props: dict[str, object] = {
             "bootstrap.servers": bootstrap or self.bootstrap,
             "group.id": self.group,
@@ -529,7 +540,7 @@ class Pipeline:
         src.update(source or {})
         lines += ["", "[source]", f"topics = [{toml_str(self.topic)}]"]
         lines += [f"{k} = {toml_value(v)}" for k, v in src.items()]
-        lines += ["", "[table]", f"name = {toml_str(EVENTS_TABLE)}"]
+        lines += ["", "[table]", f"name = {toml_str(self.table_name)}"]
         lines += ["", "[commit]", f"interval = {toml_str(interval)}"]
         lines += [f"{k} = {toml_value(v)}" for k, v in (commit or {}).items()]
         if dead_letter:
@@ -546,6 +557,8 @@ class Pipeline:
                               stdin=subprocess.DEVNULL, env=child_env())
 
     def create_table(self, ddl: str = EVENTS_DDL) -> None:
+        if self.table_name != EVENTS_TABLE:
+            ddl = ddl.replace("CREATE TABLE events ", f"CREATE TABLE {self.table_name} ", 1)
         p = self.floe("table", "create", ddl)
         assert p.returncode == 0, f"floe table create failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
 
@@ -575,9 +588,14 @@ class Pipeline:
 
     # reading back (pyiceberg, independent of floe)
 
-    def catalog(self) -> SqlCatalog:
+    def catalog(self):
         if self._catalog is None:
             c = self.catalog_spec
+            if c.kind == "rest":
+                from pyiceberg.catalog.rest import RestCatalog
+
+                self._catalog = RestCatalog(c.name, uri=c.rest_uri)
+                return self._catalog
             if c.kind == "sqlite":
                 uri = f"sqlite:///{self.data_dir / 'catalog.db'}"
             else:
@@ -587,7 +605,7 @@ class Pipeline:
         return self._catalog
 
     def table(self):
-        return self.catalog().load_table(EVENTS_TABLE)
+        return self.catalog().load_table(self.table_name)
 
     def committed_rows(self) -> int:
         """Rows in the current snapshot, counted from the manifests by pyiceberg. A catalog that is
@@ -609,7 +627,7 @@ class Pipeline:
                 raise NotYet(f"{got} rows")
             return True
 
-        wait_until(f"{n} rows in {EVENTS_TABLE}", check, timeout, interval=interval, alive=alive)
+        wait_until(f"{n} rows in {self.table_name}", check, timeout, interval=interval, alive=alive)
         return n
 
     def ledger(self, table=None) -> dict[int, int] | None:

@@ -126,8 +126,11 @@ def test_exactly_once_under_sigkill(pipeline_factory):
 # --- 2 ----------------------------------------------------------------------------------------
 
 
-def test_zombie_is_fenced(pipeline_factory):
-    p = pipeline_factory("zombie")
+@pytest.mark.parametrize("catalog_kind", ["sqlite", "rest"])
+def test_zombie_is_fenced(pipeline_factory, catalog_kind):
+    # On the REST catalog the fence is carried by the commit's requirements (docs/exactly-once.md).
+    spec = CatalogSpec.rest(required_env("FLOE_TEST_REST")) if catalog_kind == "rest" else None
+    p = pipeline_factory("zombie", spec)
     # A commit every 3 s: a loader frozen ~1 s after a commit holds ~2 s of records.
     p.write_config(interval="3s", kafka={"max.poll.interval.ms": 60000})
     p.create_table()

@@ -26,7 +26,6 @@ import pytest
 
 from conftest import required_env
 from loader_harness import (
-    EVENTS_TABLE,
     LEDGER_PREFIX,
     REPO,
     CatalogSpec,
@@ -45,6 +44,7 @@ from trino_client import (
     TrinoServer,
     catalog_properties,
     create_catalog,
+    rest_catalog_properties,
     sql_str,
     start_server,
     stop_server,
@@ -90,7 +90,7 @@ class TrinoTable:
         self.trino = trino
         self.p = pipeline
         self.catalog = catalog
-        ns, table = EVENTS_TABLE.split(".")
+        ns, table = pipeline.table_name.split(".")
         self.name = f'{catalog}."{ns}"."{table}"'
         self.meta = lambda suffix: f'{catalog}."{ns}"."{table}${suffix}"'
 
@@ -130,12 +130,18 @@ def trino_table(trino_server, tmp_path, floe_bin, kafka_bootstrap, procs):
         if kind == "postgres":
             pg = required_env("FLOE_TEST_POSTGRES")
             spec = CatalogSpec("postgres", f"floe_{uuid.uuid4().hex[:12]}", pg)
+        elif kind == "rest":
+            spec = CatalogSpec.rest(required_env("FLOE_TEST_REST"))
         else:
             spec = CatalogSpec("sqlite", "floe")
         p = Pipeline(tmp_path / name, floe_bin, kafka_bootstrap, procs, catalog=spec, prefix=f"floe-trino-{name}")
-        uri = spec.pg_uri if kind == "postgres" else f"sqlite:{p.data_dir / 'catalog.db'}"
         trino_catalog = f"t_{uuid.uuid4().hex[:10]}"
-        create_catalog(trino_server.client, trino_catalog, catalog_properties(REPO, uri, spec.name, p.warehouse))
+        if kind == "rest":
+            props = rest_catalog_properties(spec.rest_uri)
+        else:
+            uri = spec.pg_uri if kind == "postgres" else f"sqlite:{p.data_dir / 'catalog.db'}"
+            props = catalog_properties(REPO, uri, spec.name, p.warehouse)
+        create_catalog(trino_server.client, trino_catalog, props)
         made.append(trino_catalog)
         return TrinoTable(trino_server.client, p, trino_catalog)
 
@@ -611,6 +617,18 @@ def test_trino_maintenance_while_floe_ingests(trino_table):
     run.trino("ALTER TABLE {t} EXECUTE optimize")
     run.floe_commits_again("the second optimize")
     run.finish(removed)
+
+
+def test_trino_through_the_rest_catalog_while_floe_ingests(trino_table):
+    # floe and Trino on the same Iceberg REST catalog (scripts/rest-catalog.sh): Trino reads floe's
+    # table through it and commits an OPTIMIZE through it while floe keeps committing; every id
+    # once, through Trino and through pyiceberg (also on the REST catalog).
+    tt = trino_table("rest", "rest")
+    run = Ingesting(tt, "rest", seeded=1_000, spread="1d")
+    assert tt.count() >= 1_000
+    run.trino("ALTER TABLE {t} EXECUTE optimize")
+    run.floe_commits_again("optimize")
+    run.finish(set())
 
 
 def test_trino_schema_change_while_floe_ingests(trino_table):

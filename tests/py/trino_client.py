@@ -271,6 +271,18 @@ def catalog_properties(repo: Path, pg_uri: str, floe_catalog: str, warehouse: Pa
     return props
 
 
+def rest_catalog_properties(rest_uri: str) -> dict[str, str]:
+    """Iceberg catalog properties for an Iceberg REST catalog whose warehouse is on local disk
+    (docs/trino.md)."""
+    return {
+        "connector.name": "iceberg",
+        "iceberg.catalog.type": "rest",
+        "iceberg.rest-catalog.uri": rest_uri,
+        "fs.native-local.enabled": "true",
+        "local.location": "/",
+    }
+
+
 def create_catalog(trino: Trino, name: str, props: dict[str, str]) -> None:
     """CREATE CATALOG (the server runs with dynamic catalog management)."""
     connector = props["connector.name"]

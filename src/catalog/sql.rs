@@ -1,91 +1,30 @@
-//! The catalog: where each table's current metadata file is recorded, and the atomic swap that
-//! makes a new metadata file current.
+//! The SQL catalog: a database table that records each table's current metadata file, and the
+//! conditional swap of that pointer.
 //!
-//! The SQL catalog keeps the database layout of Java's `JdbcCatalog` (schema version V1, with
+//! It keeps the database layout of Java's `JdbcCatalog` (schema version V1, with
 //! `iceberg_type`), which Trino's `iceberg.catalog.type=jdbc` and pyiceberg's `SqlCatalog` read
 //! and write too, so they can all share one catalog. A catalog made by older Iceberg Java (V0,
 //! without `iceberg_type`) is used as it is; `floe catalog migrate` upgrades it. floe talks to the
-//! database itself rather than through the `iceberg` crate's catalog, because its commit engine needs the bare conditional swap
-//! ("set metadata_location to B where it is still A") on exactly the metadata it checked; the
-//! crate's `update_table` reloads the table and re-applies the commit on whatever it finds.
+//! database itself rather than through the `iceberg` crate's catalog, because its commit engine
+//! needs the bare conditional swap ("set metadata_location to B where it is still A") on exactly
+//! the metadata it checked; the crate's `update_table` reloads the table and re-applies the
+//! commit on whatever it finds.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use iceberg::io::{FileIO, FileIOBuilder, LocalFsStorageFactory};
-use iceberg::compression::CompressionCodec;
+use iceberg::io::FileIO;
 use iceberg::spec::TableMetadata;
 use iceberg::MetadataLocation;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
+use super::{CatalogError, LoadedTable, Swap};
 use crate::config::{CatalogUri, Config, TableName};
 
 const TABLES: &str = "iceberg_tables";
 const NAMESPACE_PROPERTIES: &str = "iceberg_namespace_properties";
 /// `iceberg_type` value of a table row (Java's JdbcCatalog V1 schema; views use `VIEW`).
 const TABLE_RECORD_TYPE: &str = "TABLE";
-
-/// What went wrong talking to the catalog, classified so callers can act on it.
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    /// The database could not be reached or answered with an error; retrying may help.
-    #[error("catalog {uri}: {message}")]
-    Unavailable { uri: String, message: String },
-    #[error("table {table} does not exist in catalog {catalog:?} ({uri}); create it with `floe table create`")]
-    NoSuchTable {
-        table: String,
-        catalog: String,
-        uri: String,
-    },
-    #[error("table {table} already exists in catalog {catalog:?}")]
-    AlreadyExists { table: String, catalog: String },
-    /// Reading or writing a metadata file failed.
-    #[error("table {table}: metadata file {location}: {message}")]
-    Metadata {
-        table: String,
-        location: String,
-        message: String,
-    },
-    /// The metadata file was read but cannot be parsed: reading it again will not help.
-    #[error(
-        "table {table}: metadata file {location} cannot be parsed by floe: {message}; other tables are not \
-         affected, and engines that read this table (Trino, Spark) can drop or repair it"
-    )]
-    Unreadable {
-        table: String,
-        location: String,
-        message: String,
-    },
-    /// floe refuses to write metadata it could not read back.
-    #[error("table {table}: {message}")]
-    Unsupported { table: String, message: String },
-}
-
-impl CatalogError {
-    /// Whether the same call may succeed later (network, database restart, storage hiccup).
-    /// Metadata that cannot be parsed, or that floe refuses to write, is permanent.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, CatalogError::Unavailable { .. } | CatalogError::Metadata { .. })
-    }
-}
-
-/// The outcome of a conditional swap. Losing the race is a normal outcome, not an error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Swap {
-    /// The new metadata file is now current.
-    Done,
-    /// Someone else committed first: the current location is no longer the expected one.
-    Conflict,
-}
-
-/// A table as loaded: its current metadata and where that metadata lives.
-#[derive(Debug, Clone)]
-pub struct LoadedTable {
-    pub name: TableName,
-    pub metadata_location: String,
-    pub metadata: TableMetadata,
-}
 
 /// The database layout of Java's JdbcCatalog that a catalog uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +38,7 @@ pub enum Layout {
 
 /// A SQL catalog (SQLite or PostgreSQL) in the JDBC layout, plus the file IO for its warehouse.
 #[derive(Clone)]
-pub struct Catalog {
+pub struct SqlCatalog {
     pool: AnyPool,
     name: String,
     uri: CatalogUri,
@@ -109,9 +48,9 @@ pub struct Catalog {
     layout: Layout,
 }
 
-impl std::fmt::Debug for Catalog {
+impl std::fmt::Debug for SqlCatalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Catalog")
+        f.debug_struct("SqlCatalog")
             .field("name", &self.name)
             .field("uri", &self.uri)
             .field("warehouse", &self.warehouse)
@@ -120,13 +59,13 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-impl Catalog {
+impl SqlCatalog {
     /// Connects to the configured catalog and creates its two tables if they are missing.
-    pub async fn open(config: &Config) -> Result<Catalog, CatalogError> {
+    pub async fn open(config: &Config) -> Result<SqlCatalog, CatalogError> {
         Self::connect(config.catalog_uri(), config.catalog_name(), &config.warehouse()).await
     }
 
-    pub async fn connect(uri: CatalogUri, name: &str, warehouse: &str) -> Result<Catalog, CatalogError> {
+    pub async fn connect(uri: CatalogUri, name: &str, warehouse: &str) -> Result<SqlCatalog, CatalogError> {
         install_default_drivers();
         let unavailable = |e: &dyn std::fmt::Display| CatalogError::Unavailable {
             uri: uri.to_string(),
@@ -182,8 +121,8 @@ impl Catalog {
                  writes it as it is, `floe catalog migrate` upgrades it"
             );
         }
-        let file_io = FileIOBuilder::new(Arc::new(LocalFsStorageFactory)).build();
-        Ok(Catalog {
+        let file_io = super::local_file_io();
+        Ok(SqlCatalog {
             pool,
             name: name.to_owned(),
             uri,
@@ -380,7 +319,7 @@ impl Catalog {
                 catalog: self.name.clone(),
                 uri: self.uri.to_string(),
             })?;
-        let metadata = self.read_metadata(table, &location).await?;
+        let metadata = super::read_metadata(&self.file_io, table, &location).await?;
         Ok(LoadedTable {
             name: table.clone(),
             metadata_location: location,
@@ -395,7 +334,7 @@ impl Catalog {
             return Err(self.already_exists(table));
         }
         let location = MetadataLocation::new_with_metadata(metadata.location(), &metadata);
-        self.write_metadata(table, &metadata, &location).await?;
+        super::write_metadata(&self.file_io, table, &metadata, &location).await?;
         let location = location.to_string();
         let insert = match self.layout {
             Layout::V0 => format!(
@@ -442,25 +381,13 @@ impl Catalog {
     }
 
     /// Writes `metadata` as the table's next metadata file and makes it current if, and only if,
-    /// the current metadata is still `base`. This is the only synchronisation between writers.
-    /// On conflict the written file is deleted, since nothing references it.
-    pub async fn swap(
-        &self,
-        base: &LoadedTable,
-        metadata: &TableMetadata,
-    ) -> Result<(String, Swap), CatalogError> {
+    /// the current metadata file is still `base`'s: the file holds everything (ledger
+    /// properties included), so the swap pins exactly the base the check ran on. On conflict the
+    /// written file is deleted, since nothing references it.
+    pub async fn commit(&self, base: &LoadedTable, metadata: TableMetadata) -> Result<Swap, CatalogError> {
         let table = &base.name;
-        let next = base
-            .metadata_location
-            .parse::<MetadataLocation>()
-            .map_err(|e| CatalogError::Metadata {
-                table: table.to_string(),
-                location: base.metadata_location.clone(),
-                message: format!("cannot derive the next metadata file name: {e}"),
-            })?
-            .with_next_version()
-            .with_new_metadata(metadata);
-        self.write_metadata(table, metadata, &next).await?;
+        let next = super::next_metadata_location(base, &metadata)?;
+        super::write_metadata(&self.file_io, table, &metadata, &next).await?;
         let next = next.to_string();
         let updated = sqlx::query(&self.sql(&format!(
             "UPDATE {TABLES} SET metadata_location = ?, previous_metadata_location = ?
@@ -476,107 +403,20 @@ impl Catalog {
         .execute(&self.pool)
         .await;
         match updated {
-            Ok(r) if r.rows_affected() == 1 => Ok((next, Swap::Done)),
+            Ok(r) if r.rows_affected() == 1 => Ok(Swap::Done(LoadedTable {
+                name: table.clone(),
+                metadata_location: next,
+                metadata,
+            })),
             Ok(_) => {
                 let _ = self.file_io.delete(&next).await;
-                Ok((next, Swap::Conflict))
+                Ok(Swap::Conflict)
             }
             // The outcome is unknown (the update may have been applied before the connection
             // broke), so the file must stay: the caller reloads and finds out.
             Err(e) => Err(self.unavailable(e)),
         }
     }
-
-    /// Reads and parses a metadata file. Storage trouble is transient (`Metadata`); a file that
-    /// was read but does not parse is not (`Unreadable`), so nobody retries it forever.
-    async fn read_metadata(&self, table: &TableName, location: &str) -> Result<TableMetadata, CatalogError> {
-        let storage = |e: iceberg::Error| CatalogError::Metadata {
-            table: table.to_string(),
-            location: location.to_owned(),
-            message: e.to_string(),
-        };
-        let bytes = self.file_io.new_input(location).map_err(storage)?.read().await.map_err(storage)?;
-        let unreadable = |message: String| CatalogError::Unreadable {
-            table: table.to_string(),
-            location: location.to_owned(),
-            message,
-        };
-        if bytes.starts_with(&[0x1F, 0x8B]) {
-            // Gzip-compressed metadata (`write.metadata.compression-codec = gzip`): the crate
-            // decompresses it; its only failures left are a corrupt file or one that does not parse.
-            return TableMetadata::read_from(&self.file_io, location).await.map_err(|e| {
-                if e.kind() == iceberg::ErrorKind::DataInvalid {
-                    unreadable(e.to_string())
-                } else {
-                    storage(e)
-                }
-            });
-        }
-        serde_json::from_slice::<TableMetadata>(&bytes).map_err(|e| {
-            let hint = if e.to_string().contains("recursion limit") {
-                " (types nested deeper than floe reads: at most 40 nested ROWs)"
-            } else {
-                ""
-            };
-            unreadable(format!("{e}{hint}"))
-        })
-    }
-
-    async fn write_metadata(
-        &self,
-        table: &TableName,
-        metadata: &TableMetadata,
-        location: &MetadataLocation,
-    ) -> Result<(), CatalogError> {
-        // A file floe could not parse again would lock floe out of the table for good.
-        crate::table::check_readable(metadata).map_err(|message| CatalogError::Unsupported {
-            table: table.to_string(),
-            message,
-        })?;
-        let failed = |e: iceberg::Error| CatalogError::Metadata {
-            table: table.to_string(),
-            location: location.to_string(),
-            message: e.to_string(),
-        };
-        if location.compression_codec() != CompressionCodec::None {
-            // Gzip: the crate compresses (a table without snapshots then has no
-            // current-snapshot-id, which only old Iceberg Java, 0.13 and before, minds).
-            return metadata.write_to(&self.file_io, location).await.map_err(failed);
-        }
-        let json = metadata_json(metadata).map_err(|e| CatalogError::Metadata {
-            table: table.to_string(),
-            location: location.to_string(),
-            message: format!("cannot serialize the metadata: {e}"),
-        })?;
-        self.file_io
-            .new_output(location.to_string())
-            .map_err(failed)?
-            .write(json.into())
-            .await
-            .map_err(failed)
-    }
-}
-
-/// The metadata file's JSON. A table without a current snapshot says `"current-snapshot-id": -1`,
-/// as Iceberg Java writes it: Java 0.13 cannot parse the file without the field ("Cannot parse
-/// missing long current-snapshot-id"), and the crate leaves it out. Every reader maps -1 to
-/// "no snapshot".
-pub fn metadata_json(metadata: &TableMetadata) -> Result<Vec<u8>, serde_json::Error> {
-    let json = serde_json::to_vec(metadata)?;
-    if metadata.current_snapshot_id().is_some() {
-        return Ok(json);
-    }
-    // The crate skips the field when there is no snapshot, so the key cannot be there twice.
-    debug_assert_eq!(json.first(), Some(&b'{'));
-    let field = br#""current-snapshot-id":-1"#;
-    let mut out = Vec::with_capacity(json.len() + field.len() + 1);
-    out.push(b'{');
-    out.extend_from_slice(field);
-    if json.len() > 2 {
-        out.push(b',');
-    }
-    out.extend_from_slice(&json[1..]);
-    Ok(out)
 }
 
 /// V1 if `iceberg_tables` has the `iceberg_type` column, else V0.
