@@ -377,7 +377,7 @@ impl Operation for Append {
 /// An `append` snapshot of `files` (possibly none: a ledger-only snapshot) on `main`: the new
 /// manifest first, then the parent's manifests carried over, merged as the table's
 /// `commit.manifest-merge.*` properties say; totals in the summary from the parent's.
-async fn append_snapshot(
+pub(crate) async fn append_snapshot(
     base: &LoadedTable,
     file_io: &FileIO,
     files: Vec<DataFile>,

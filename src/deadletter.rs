@@ -336,29 +336,33 @@ impl KafkaDeadLetters {
 
     /// The topic's partitions with their first and next offsets.
     async fn bounds(&self) -> Result<BTreeMap<i32, (i64, i64)>, DeadLetterError> {
-        let mut cc = crate::kafka::client_config(&self.props);
-        cc.remove("group.instance.id");
-        let topic = self.topic.clone();
-        tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = cc.create().map_err(|e| e.to_string())?;
-            let md = consumer
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .map_err(|e| e.to_string())?;
-            let mut out = BTreeMap::new();
-            for t in md.topics() {
-                for p in t.partitions() {
-                    let bounds = consumer
-                        .fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
-                        .map_err(|e| e.to_string())?;
-                    out.insert(p.id(), bounds);
-                }
-            }
-            Ok::<_, String>(out)
-        })
-        .await
-        .map_err(|e| self.err(e))?
-        .map_err(|e| self.err(e))
+        topic_bounds(&self.props, &self.topic).await.map_err(|e| self.err(e))
     }
+}
+
+/// A topic's partitions with their first and next offsets.
+pub async fn topic_bounds(props: &KafkaProperties, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>, String> {
+    let mut cc = crate::kafka::client_config(props);
+    cc.remove("group.instance.id");
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = cc.create().map_err(|e| e.to_string())?;
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        let mut out = BTreeMap::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                let bounds = consumer
+                    .fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
+                    .map_err(|e| e.to_string())?;
+                out.insert(p.id(), bounds);
+            }
+        }
+        Ok::<_, String>(out)
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// Reads recorded positions from the main table's properties.

@@ -16,8 +16,10 @@ pub mod kafka;
 pub mod ledger;
 pub mod loader;
 pub mod maintain;
+pub mod progress;
 #[cfg(feature = "query")]
 pub mod query;
+pub mod replay;
 pub mod sample;
 pub mod source;
 pub mod status;

@@ -25,8 +25,18 @@ struct Cli {
     /// Log filter, e.g. `info`, `debug`, `floe=debug,rdkafka=warn`.
     #[arg(long, global = true, env = "FLOE_LOG", default_value = "info")]
     log: String,
+    /// Log line format: `text` for people, `json` (one object per line with `timestamp`,
+    /// `level`, `message`, `target` and the event's fields) for log shippers.
+    #[arg(long, global = true, env = "FLOE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,6 +78,54 @@ enum Command {
     /// The catalog database itself.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// The pipeline's dead letters: list them, or replay the ones that now decode into the table.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadLettersCommand {
+    /// Show the pipeline's dead letters (source topic/partition/offset, kind, reason, time, value)
+    /// and what each is against the table's current schema: decodes now, still fails (with the
+    /// new reason), already replayed, or not committed by the pipeline yet. Reads only.
+    List {
+        #[command(flatten)]
+        select: DeadLetterSelection,
+        /// Print JSON (for scripts; the shape is in the README) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the dead letters that now decode against the table's current schema into the table,
+    /// exactly once (a replay ledger moves in the same commits; replaying again adds nothing), and
+    /// report the ones that still fail with their new reason. Nothing is deleted from the
+    /// dead-letter topic or table. Safe while `floe run` ingests the same table.
+    Replay {
+        #[command(flatten)]
+        select: DeadLetterSelection,
+        /// Dead letters per commit: each commit adds up to this many rows and moves the replay
+        /// ledger past them, so an interrupted replay resumes after the last commit.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        batch_size: u64,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct DeadLetterSelection {
+    /// Only dead letters whose source record's Kafka timestamp is at or after TIME: an RFC 3339
+    /// time (`2026-12-01T10:00:00Z`) or a duration before now (`2h`, `3d`).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only dead letters of this kind.
+    #[arg(long, value_parser = floe::replay::parse_kind, value_name = "KIND",
+          long_help = "Only dead letters of this kind: not-json, invalid-utf8, not-an-object, wrong-type, out-of-range, missing-required.")]
+    kind: Option<floe::decode::RecordErrorKind>,
+    /// Which destination to read when both `[dead_letter] topic` and `table` are configured
+    /// (default: the table).
+    #[arg(long, value_parser = ["topic", "table"])]
+    from: Option<String>,
+    /// `namespace.table`. Default: the configured table.
+    #[arg(long)]
+    table: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -221,11 +279,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -325,7 +383,64 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Status(args) => status(&config, args).await,
+        Command::DeadLetters(cmd) => dead_letters(&config, cmd).await,
     }
+}
+
+async fn dead_letters(config: &Config, cmd: DeadLettersCommand) -> Result<(), Failure> {
+    use floe::replay::{DeadLetterSource, Filter, ReplayOptions};
+    let select = match &cmd {
+        DeadLettersCommand::List { select, .. } | DeadLettersCommand::Replay { select, .. } => select,
+    };
+    let table = match &select.table {
+        Some(t) => floe::config::TableName::parse(t).map_err(Failure::usage)?,
+        None => config.table_name().map_err(Failure::usage)?,
+    };
+    let pipeline = config
+        .pipeline_name()
+        .ok_or_else(|| Failure::usage("no pipeline: set `pipeline` or kafka \"group.id\" in the config file"))?
+        .to_owned();
+    let dl = &config.dead_letter;
+    let source: DeadLetterSource =
+        floe::replay::choose_source(dl.topic.as_deref(), dl.table.as_deref(), select.from.as_deref()).map_err(Failure::usage)?;
+    let since_ms = select
+        .since
+        .as_deref()
+        .map(|s| floe::replay::parse_since(s, chrono::Utc::now().timestamp_millis()))
+        .transpose()
+        .map_err(Failure::usage)?;
+    let batch_size = match &cmd {
+        DeadLettersCommand::Replay { batch_size, .. } => *batch_size as usize,
+        DeadLettersCommand::List { .. } => 0,
+    };
+    let opts = ReplayOptions {
+        pipeline,
+        source,
+        filter: Filter { since_ms, kind: select.kind },
+        batch_size,
+        kafka: config.kafka.clone(),
+        target_file_size: config.commit.target_file_size,
+    };
+    let catalog = Catalog::open(config).await.map_err(Failure::runtime)?;
+    let engine = floe::commit::CommitEngine::new(catalog, table);
+    match cmd {
+        DeadLettersCommand::List { json, .. } => {
+            let report = floe::replay::list(&engine, &opts).await.map_err(Failure::runtime)?;
+            if json {
+                let text = serde_json::to_string_pretty(&report)
+                    .map_err(|e| Failure::runtime(format!("cannot write the list as JSON: {e}")))?;
+                println!("{text}");
+            } else {
+                print!("{report}");
+            }
+        }
+        DeadLettersCommand::Replay { .. } => {
+            let progress = floe::progress::Progress::new(floe::progress::Mode::detect(), "dead-letters replay", "dead letters", 0);
+            let report = floe::replay::replay(&engine, &opts, &progress).await.map_err(Failure::runtime)?;
+            print!("{report}");
+        }
+    }
+    Ok(())
 }
 
 async fn status(config: &Config, args: StatusArgs) -> Result<(), Failure> {
@@ -369,6 +484,7 @@ async fn maintain(config: &Config, args: MaintainArgs) -> Result<(), Failure> {
     let fail = |e: floe::maintain::MaintainError| {
         if matches!(e, floe::maintain::MaintainError::Invalid { .. }) { Failure::usage(e) } else { Failure::runtime(e) }
     };
+    let bar = |task: &str, unit: &'static str| floe::progress::Progress::new(floe::progress::Mode::detect(), format!("maintain {task}"), unit, 0);
     let report = match args.task {
         MaintainTask::Compact { since, target_file_size } => {
             let opts = compact::CompactOptions {
@@ -376,11 +492,11 @@ async fn maintain(config: &Config, args: MaintainArgs) -> Result<(), Failure> {
                 since,
                 dry_run,
             };
-            compact::compact(&engine, &opts).await.map_err(fail)?.to_string()
+            compact::compact_with_progress(&engine, &opts, &bar("compact", "partitions rewritten")).await.map_err(fail)?.to_string()
         }
         MaintainTask::ExpireSnapshots { older_than, retain_last } => {
             let opts = expire::ExpireOptions { older_than, retain_last, dry_run };
-            expire::expire_snapshots(&engine, &opts).await.map_err(fail)?.to_string()
+            expire::expire_with_progress(&engine, &opts, &bar("expire-snapshots", "files deleted")).await.map_err(fail)?.to_string()
         }
         MaintainTask::Retention { column, keep } => {
             let opts = retention::RetentionOptions {
@@ -389,11 +505,11 @@ async fn maintain(config: &Config, args: MaintainArgs) -> Result<(), Failure> {
                 target_file_size: config.commit.target_file_size,
                 dry_run,
             };
-            retention::retention(&engine, &opts).await.map_err(fail)?.to_string()
+            retention::retention_with_progress(&engine, &opts, &bar("retention", "data files")).await.map_err(fail)?.to_string()
         }
         MaintainTask::RemoveOrphans { older_than } => {
             let opts = orphans::OrphanOptions { older_than, dry_run };
-            orphans::remove_orphans(&engine, &opts).await.map_err(fail)?.to_string()
+            orphans::remove_orphans_with_progress(&engine, &opts, &bar("remove-orphans", "files deleted")).await.map_err(fail)?.to_string()
         }
     };
     print!("{report}");
@@ -551,10 +667,13 @@ async fn publish_sample(mut config: Config, args: PublishArgs) -> Result<(), Fai
         return Err(Failure::usage("--bad-every makes malformed records only in the seed shape; drop --shape or --bad-every"));
     }
     let props = config.kafka.clone();
+    // A bar for many records; the one seed record needs none.
+    let mode = if opts.count > 1 { floe::progress::Mode::detect() } else { floe::progress::Mode::Hidden };
     let report = tokio::task::spawn_blocking(move || {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        publish(&props, &opts, chrono::Utc::now(), &mut out).map(|r| (r, opts))
+        let progress = floe::progress::Progress::new(mode, "publish-sample", "records", opts.count);
+        publish(&props, &opts, chrono::Utc::now(), &mut out, &progress).map(|r| (r, opts))
     })
     .await
     .map_err(|e| Failure::runtime(format!("publisher task failed: {e}")))?;

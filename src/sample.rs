@@ -258,6 +258,7 @@ pub fn publish(
     opts: &PublishOptions,
     now: DateTime<Utc>,
     out: &mut dyn std::io::Write,
+    progress: &crate::progress::Progress,
 ) -> Result<PublishReport, KafkaError> {
     let produce_err = |message: String| KafkaError::Produce {
         topic: opts.topic.clone(),
@@ -278,7 +279,7 @@ pub fn publish(
         .create_with_context(DeliveryCounter::default())
         .map_err(|e| KafkaError::Config(e.to_string()))?;
     let start = Instant::now();
-    let mut last_progress = start;
+    progress.set_total(opts.count);
     let mut bad = 0;
     let offset = FixedOffset::east_opt(0).expect("zero offset is valid");
     for i in 0..opts.count {
@@ -332,17 +333,8 @@ pub fn publish(
         producer.poll(Duration::ZERO);
         if opts.print || opts.count == 1 {
             let _ = writeln!(out, "{}", String::from_utf8_lossy(&payload));
-        } else if last_progress.elapsed() >= Duration::from_secs(1) {
-            last_progress = Instant::now();
-            let secs = start.elapsed().as_secs_f64();
-            let _ = writeln!(
-                out,
-                "sent {}/{} records ({:.0}/s)",
-                i + 1,
-                opts.count,
-                (i + 1) as f64 / secs
-            );
         }
+        progress.inc(1);
     }
     producer
         .flush(Duration::from_secs(60))
@@ -360,6 +352,7 @@ pub fn publish(
             opts.count
         )));
     }
+    progress.finish();
     Ok(PublishReport {
         sent: opts.count,
         bad,

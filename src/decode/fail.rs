@@ -25,6 +25,16 @@ pub enum RecordErrorKind {
 }
 
 impl RecordErrorKind {
+    /// Every kind.
+    pub const ALL: [RecordErrorKind; 6] = [
+        Self::NotJson,
+        Self::InvalidUtf8,
+        Self::NotAnObject,
+        Self::WrongType,
+        Self::OutOfRange,
+        Self::MissingRequired,
+    ];
+
     /// A stable name for dead-letter headers and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {

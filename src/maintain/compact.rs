@@ -13,6 +13,8 @@ use arrow_array::RecordBatch;
 use futures::TryStreamExt;
 use iceberg::io::FileIO;
 use iceberg::scan::FileScanTask;
+
+use crate::progress::Progress;
 use iceberg::spec::{DataFileFormat, TableMetadata};
 
 use super::rewrite::{Group, MANIFEST_TARGET_SIZE, Rewrite, RewriteOutcome, Task, merge_bins};
@@ -173,10 +175,17 @@ impl fmt::Display for CompactReport {
 
 /// Compacts the engine's table.
 pub async fn compact(engine: &CommitEngine, opts: &CompactOptions) -> Result<CompactReport, MaintainError> {
-    match prepare(engine, opts).await? {
+    compact_with_progress(engine, opts, &Progress::hidden()).await
+}
+
+/// [`compact`], counting the partitions rewritten in `progress`.
+pub async fn compact_with_progress(engine: &CommitEngine, opts: &CompactOptions, progress: &Progress) -> Result<CompactReport, MaintainError> {
+    let result = match prepare_with_progress(engine, opts, progress).await? {
         Prepared::Done(report) => Ok(report),
         Prepared::Commit(planned) => planned.commit(engine).await,
-    }
+    };
+    progress.finish();
+    result
 }
 
 /// A compaction planned and written, not committed yet.
@@ -226,6 +235,10 @@ pub enum Prepared {
 
 /// Plans compaction on the current table and writes the compacted files.
 pub async fn prepare(engine: &CommitEngine, opts: &CompactOptions) -> Result<Prepared, MaintainError> {
+    prepare_with_progress(engine, opts, &Progress::hidden()).await
+}
+
+async fn prepare_with_progress(engine: &CommitEngine, opts: &CompactOptions, progress: &Progress) -> Result<Prepared, MaintainError> {
     let table = engine.load().await?;
     let name = table.name.to_string();
     let io = engine.catalog().file_io();
@@ -252,6 +265,7 @@ pub async fn prepare(engine: &CommitEngine, opts: &CompactOptions) -> Result<Pre
     let spec_id = table.metadata.default_partition_spec_id();
     let mut rewrite_groups = Vec::with_capacity(groups.len());
     let mut written: Vec<String> = Vec::new();
+    progress.set_total(groups.len() as u64);
     for g in &groups {
         let files: Vec<&LiveFile> = g.files.iter().map(|p| &live.data[p]).collect();
         let result = async {
@@ -284,6 +298,7 @@ pub async fn prepare(engine: &CommitEngine, opts: &CompactOptions) -> Result<Pre
             spec_id,
             reads_rows: true,
         });
+        progress.inc(1);
     }
     drop(live);
     Ok(Prepared::Commit(Planned { report, groups: rewrite_groups, cache }))

@@ -272,6 +272,25 @@ impl fmt::Display for ExpireReport {
 
 /// Expires snapshots of the engine's table and deletes what only they reached.
 pub async fn expire_snapshots(engine: &CommitEngine, opts: &ExpireOptions) -> Result<ExpireReport, MaintainError> {
+    expire_with_progress(engine, opts, &crate::progress::Progress::hidden()).await
+}
+
+/// [`expire_snapshots`], counting the expired files deleted in `progress`.
+pub async fn expire_with_progress(
+    engine: &CommitEngine,
+    opts: &ExpireOptions,
+    progress: &crate::progress::Progress,
+) -> Result<ExpireReport, MaintainError> {
+    let result = expire_inner(engine, opts, progress).await;
+    progress.finish();
+    result
+}
+
+async fn expire_inner(
+    engine: &CommitEngine,
+    opts: &ExpireOptions,
+    progress: &crate::progress::Progress,
+) -> Result<ExpireReport, MaintainError> {
     let now_ms = super::now_ms();
     let io = engine.catalog().file_io();
     let table = engine.load().await?;
@@ -340,6 +359,9 @@ pub async fn expire_snapshots(engine: &CommitEngine, opts: &ExpireOptions) -> Re
     }
     // Data files first, manifest lists last: a crash in between leaves files that nothing
     // references, which remove-orphans finds, rather than references to missing files.
+    progress.set_total(
+        (report.data_files.len() + report.other_files.len() + report.manifests.len() + report.manifest_lists.len()) as u64,
+    );
     for path in report
         .data_files
         .iter()
@@ -351,6 +373,7 @@ pub async fn expire_snapshots(engine: &CommitEngine, opts: &ExpireOptions) -> Re
             tracing::warn!(file = %path, error = %e, "could not delete an expired file; remove-orphans will");
             report.failed += 1;
         }
+        progress.inc(1);
     }
     tracing::info!(table = %name, snapshots = report.expired.len(), data_files = report.data_files.len(), manifests = report.manifests.len(), "snapshots expired");
     Ok(report)

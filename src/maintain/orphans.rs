@@ -85,6 +85,25 @@ impl fmt::Display for OrphanReport {
 
 /// Deletes unreferenced files older than the threshold under the engine's table.
 pub async fn remove_orphans(engine: &CommitEngine, opts: &OrphanOptions) -> Result<OrphanReport, MaintainError> {
+    remove_orphans_with_progress(engine, opts, &crate::progress::Progress::hidden()).await
+}
+
+/// [`remove_orphans`], counting the orphan files deleted in `progress`.
+pub async fn remove_orphans_with_progress(
+    engine: &CommitEngine,
+    opts: &OrphanOptions,
+    progress: &crate::progress::Progress,
+) -> Result<OrphanReport, MaintainError> {
+    let result = remove_orphans_inner(engine, opts, progress).await;
+    progress.finish();
+    result
+}
+
+async fn remove_orphans_inner(
+    engine: &CommitEngine,
+    opts: &OrphanOptions,
+    progress: &crate::progress::Progress,
+) -> Result<OrphanReport, MaintainError> {
     let table = engine.load().await?;
     let name = table.name.to_string();
     check_age(opts.older_than, "remove-orphans --older-than").map_err(|m| MaintainError::invalid(&name, m))?;
@@ -141,11 +160,13 @@ pub async fn remove_orphans(engine: &CommitEngine, opts: &OrphanOptions) -> Resu
     }
     report.orphans.sort();
     if !opts.dry_run {
+        progress.set_total(report.orphans.len() as u64);
         for p in &report.orphans {
             if let Err(e) = tokio::fs::remove_file(p).await {
                 tracing::warn!(file = %p.display(), error = %e, "could not delete an orphan file");
                 report.failed += 1;
             }
+            progress.inc(1);
         }
         tracing::info!(table = %name, deleted = report.orphans.len() - report.failed, "orphan files removed");
     }

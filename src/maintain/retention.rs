@@ -218,6 +218,25 @@ impl fmt::Display for RetentionReport {
 
 /// Removes rows older than the cutoff from the engine's table.
 pub async fn retention(engine: &CommitEngine, opts: &RetentionOptions) -> Result<RetentionReport, MaintainError> {
+    retention_with_progress(engine, opts, &crate::progress::Progress::hidden()).await
+}
+
+/// [`retention`], counting the data files looked at in `progress`.
+pub async fn retention_with_progress(
+    engine: &CommitEngine,
+    opts: &RetentionOptions,
+    progress: &crate::progress::Progress,
+) -> Result<RetentionReport, MaintainError> {
+    let result = retention_inner(engine, opts, progress).await;
+    progress.finish();
+    result
+}
+
+async fn retention_inner(
+    engine: &CommitEngine,
+    opts: &RetentionOptions,
+    progress: &crate::progress::Progress,
+) -> Result<RetentionReport, MaintainError> {
     let table = engine.load().await?;
     let name = table.name.to_string();
     let m = &table.metadata;
@@ -231,7 +250,9 @@ pub async fn retention(engine: &CommitEngine, opts: &RetentionOptions) -> Result
     files.sort_by(|a, b| a.path().cmp(b.path()));
     let mut groups = Vec::new();
     let mut written: Vec<String> = Vec::new();
+    progress.set_total(files.len() as u64);
     for f in files {
+        progress.inc(1);
         match classify(m, f, col, cutoff_us) {
             Fate::Keep => {}
             Fate::Drop => {
