@@ -107,7 +107,15 @@ pub struct Catalog {
     file_io: FileIO,
     dollar_params: bool,
     layout: Layout,
+    /// The metadata this catalog last committed for each table, with its location (see
+    /// [`Catalog::load`]).
+    recent: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, TableMetadata)>>>,
 }
+
+/// How many tables' metadata a catalog keeps parsed (a loader has its table and perhaps a
+/// dead-letter table; more is only `floe status` or `floe query` over many tables, which then
+/// read some metadata files again).
+const RECENT_TABLES: usize = 16;
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -191,6 +199,7 @@ impl Catalog {
             file_io,
             dollar_params,
             layout,
+            recent: Arc::default(),
         })
     }
 
@@ -371,6 +380,14 @@ impl Catalog {
     }
 
     /// Loads a table's current metadata.
+    ///
+    /// The current location is always asked of the database; the metadata file is read and
+    /// parsed unless that location is the one this catalog itself committed last for the table
+    /// (see [`Catalog::swap`]): then the metadata it wrote there is used as it is. A metadata file
+    /// is never changed once written and its name is never reused (DESIGN.md §8), so that is
+    /// exactly what reading the file would give, and a check against it is a check against the
+    /// metadata the swap is conditioned on (DESIGN.md §2). This keeps a one-second loader from
+    /// parsing, at every commit, a metadata file of megabytes that it wrote a second ago.
     pub async fn load(&self, table: &TableName) -> Result<LoadedTable, CatalogError> {
         let location = self
             .current_location(table)
@@ -380,6 +397,9 @@ impl Catalog {
                 catalog: self.name.clone(),
                 uri: self.uri.to_string(),
             })?;
+        if let Some(metadata) = self.recent(table, &location) {
+            return Ok(LoadedTable { name: table.clone(), metadata_location: location, metadata });
+        }
         let metadata = self.read_metadata(table, &location).await?;
         Ok(LoadedTable {
             name: table.clone(),
@@ -476,7 +496,10 @@ impl Catalog {
         .execute(&self.pool)
         .await;
         match updated {
-            Ok(r) if r.rows_affected() == 1 => Ok((next, Swap::Done)),
+            Ok(r) if r.rows_affected() == 1 => {
+                self.remember(table, &next, metadata);
+                Ok((next, Swap::Done))
+            }
             Ok(_) => {
                 let _ = self.file_io.delete(&next).await;
                 Ok((next, Swap::Conflict))
@@ -485,6 +508,22 @@ impl Catalog {
             // broke), so the file must stay: the caller reloads and finds out.
             Err(e) => Err(self.unavailable(e)),
         }
+    }
+
+    /// The metadata kept for `table` if it is that of `location`.
+    fn recent(&self, table: &TableName, location: &str) -> Option<TableMetadata> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.get(&table.to_string()).filter(|(l, _)| l == location).map(|(_, m)| m.clone())
+    }
+
+    /// Keeps `metadata`, just committed, as `table`'s metadata at `location`.
+    fn remember(&self, table: &TableName, location: &str, metadata: &TableMetadata) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let key = table.to_string();
+        if recent.len() >= RECENT_TABLES && !recent.contains_key(&key) {
+            recent.clear();
+        }
+        recent.insert(key, (location.to_owned(), metadata.clone()));
     }
 
     /// Reads and parses a metadata file. Storage trouble is transient (`Metadata`); a file that
