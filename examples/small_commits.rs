@@ -2,20 +2,41 @@
 //! few rows plus the pipeline ledger, through the real commit engine, without Kafka. Used by
 //! bench/maintain.py, and on its own as the "day at one commit per second" benchmark.
 //!
-//!     cargo run --example small_commits -- DATA_DIR COMMITS ROWS_PER_COMMIT [--maintain]
+//!     cargo run --release --example small_commits -- DATA_DIR COMMITS ROWS_PER_COMMIT [--maintain]
 //!
 //! The table is `default.events` in DATA_DIR's SQLite catalog (`DATA_DIR/catalog.db`, warehouse
-//! `DATA_DIR/warehouse`, the layout `floe --data-dir DATA_DIR` uses). Commit k is stamped k seconds
-//! after the first, so COMMITS = 86400 is a day of 1 s commits.
+//! `DATA_DIR/warehouse`, the layout `floe --data-dir DATA_DIR` uses).
 //!
-//! With `--maintain`, the maintenance `floe run` does without a `[maintenance]` section runs
-//! in-process beside the commits, on its own task (its commits race the appends through the
-//! catalog swap, as in `floe run`), on the simulated clock: each task first after
-//! min(period, 5 min) and then every period, counted in commits (one a second). Snapshot expiry's
-//! default age (1 h, the table setting none) is an hour of commits, passed as the real time those
-//! commits took. The report gives commit latency (the engine's `commit`: load, check, build, swap)
-//! per window of 1,000 commits, and the metadata at the end of each: metadata.json bytes, metadata
-//! files kept, manifests in the current list, snapshots, live data files.
+//! What is real: every commit is floe's own `CommitEngine::commit` of an `Append` (ledger check,
+//! manifest, manifest list, manifest merge, metadata file, the conditional swap in the SQLite
+//! catalog, deletion of metadata files that leave the metadata log), on local files, with its
+//! data file written by `write::write_data_files` first. With `--maintain`, the maintenance tasks
+//! are floe's own (`maintain::schedule::run_task` with the settings of `floe run` without a
+//! `[maintenance]` section), run in-process on their own task, and their commits race the
+//! appends through the catalog swap exactly as in `floe run`. Snapshot and metadata-log
+//! timestamps are wall-clock time.
+//!
+//! What is simulated: the clock, at one second per commit. The commits are made back to back, not
+//! one a second, so that a day (COMMITS = 86400) takes minutes instead of a day; "a second" is
+//! "one commit". On that clock:
+//! - the rows of commit k are stamped k seconds after the first commit's;
+//! - each maintenance task first runs after min(period, 5 min) and then every period after its
+//!   previous run ended, as `floe run`'s scheduler does, counted in commits (compaction and expiry
+//!   every 600, orphan removal every 86,400);
+//! - snapshot expiry's age (1 h: the table sets no `history.expire.max-snapshot-age-ms`) is
+//!   passed as the wall-clock time the last 3,600 commits took, so it removes the snapshots
+//!   more than 3,600 commits old (give or take the one in flight), as the real default would at one commit a second;
+//! - orphan removal's age floor (3 days) is not scaled: no file is old enough on either clock in
+//!   the first day, so it lists the warehouse and deletes nothing, as it would in a real first day.
+//! A maintenance task that takes d seconds of wall-clock time sees d / (time per commit) commits
+//! go by instead of d: harsher than the real thing, since more appends race each of its commits.
+//!
+//! The report gives, per window of 1,000 commits: commit latency (the engine's `commit`: load,
+//! check, build, swap, including retries after losing the swap to a maintenance commit), the
+//! commits that needed more than one attempt, the rest of the loop (the loader's own load of the
+//! table and the data file write), and the metadata at the end of the window: metadata.json
+//! bytes, metadata files kept, manifests in the current manifest list, snapshots, live data files,
+//! files and bytes under the warehouse. The last lines compare the start, middle and end windows.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -70,9 +91,11 @@ async fn main() {
         tokio::spawn(async move { maintain_loop(engine, done, finished_at, commits, started).await })
     });
     let mut window: Vec<Duration> = Vec::with_capacity(WINDOW as usize);
-    let mut all_p99 = Vec::new();
+    let (mut retried, mut rest) = (0usize, Duration::ZERO);
+    let mut rows_out: Vec<Row> = Vec::new();
     println!("{}", Row::header());
     for c in 0..commits {
+        let loop_started = Instant::now();
         let t = engine.load().await.expect("load");
         let schema = floe::write::arrow_schema(&t.metadata).unwrap();
         let tz = match schema.field_with_name("ts").unwrap().data_type() {
@@ -101,27 +124,38 @@ async fn main() {
         let first = c * rows;
         let range = OffsetRange { tp: tp.clone(), expected: (c > 0).then_some(first), first, end: first + rows };
         let commit_started = Instant::now();
+        rest += commit_started - loop_started;
         match engine.commit(&mut Append::new("bench", vec![range], files, t.metadata.default_partition_spec_id())).await.expect("commit") {
-            AppendOutcome::Committed { .. } => {}
+            AppendOutcome::Committed { attempts, .. } => retried += usize::from(attempts > 1),
             AppendOutcome::Fenced { violations, .. } => panic!("fenced: {violations:?}"),
         }
         window.push(commit_started.elapsed());
         finished_at.lock().unwrap().push(started.elapsed().as_millis() as u64);
         done.store(c + 1, Ordering::SeqCst);
         if (c + 1) % WINDOW == 0 || c + 1 == commits {
-            let row = Row::measure(&engine, &dir, c + 1, &mut window, started).await;
-            all_p99.push(row.p99_ms);
+            let mut row = Row::measure(&engine, &dir, c + 1, &mut window, started).await;
+            row.retried = std::mem::take(&mut retried);
+            row.rest_ms = std::mem::take(&mut rest).as_secs_f64() * 1000.0 / window.len() as f64;
             println!("{row}");
+            rows_out.push(row);
             window.clear();
         }
     }
     if let Some(m) = maintenance {
         m.await.expect("maintenance task");
     }
-    if all_p99.len() >= 2 {
+    println!("total: {commits} commits in {:.0} s", started.elapsed().as_secs_f64());
+    if rows_out.len() >= 2 {
+        let (first, last) = (&rows_out[0], &rows_out[rows_out.len() - 1]);
+        let middle = &rows_out[rows_out.iter().position(|r| r.commits >= commits / 2).unwrap_or(0)];
+        println!("{}", Row::header());
+        for (name, r) in [("start", first), ("middle", middle), ("end", last)] {
+            println!("{r}  <- {name}");
+        }
         println!(
-            "p99 of the last window / first window: {:.2}",
-            all_p99[all_p99.len() - 1] / all_p99[0].max(f64::MIN_POSITIVE)
+            "end / start: p50 {:.2}x, p99 {:.2}x",
+            last.p50_ms / first.p50_ms.max(f64::MIN_POSITIVE),
+            last.p99_ms / first.p99_ms.max(f64::MIN_POSITIVE)
         );
     }
 }
@@ -182,6 +216,11 @@ struct Row {
     elapsed_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    max_ms: f64,
+    /// Commits of the window that lost the swap at least once (to a maintenance commit).
+    retried: usize,
+    /// Mean time per commit spent outside `commit` (the loop's load and data file write).
+    rest_ms: f64,
     metadata_json: u64,
     metadata_files: usize,
     manifests: usize,
@@ -194,8 +233,8 @@ struct Row {
 impl Row {
     fn header() -> String {
         format!(
-            "{:>8} {:>8} {:>8} {:>8} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>12}",
-            "commits", "elapsed", "p50 ms", "p99 ms", "meta.json B", "meta kept", "manifests", "snapshots", "data files", "files", "bytes"
+            "{:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>12}",
+            "commits", "elapsed", "p50 ms", "p99 ms", "max ms", "retried", "rest ms", "meta.json B", "meta kept", "manifests", "snapshots", "data files", "files", "bytes"
         )
     }
 
@@ -232,6 +271,9 @@ impl Row {
             elapsed_s: started.elapsed().as_secs_f64(),
             p50_ms: q(0.5),
             p99_ms: q(0.99),
+            max_ms: q(1.0),
+            retried: 0,
+            rest_ms: 0.0,
             metadata_json,
             metadata_files,
             manifests,
@@ -247,11 +289,14 @@ impl std::fmt::Display for Row {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:>8} {:>7.0}s {:>8.1} {:>8.1} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>12}",
+            "{:>8} {:>7.0}s {:>8.1} {:>8.1} {:>8.1} {:>7} {:>7.1} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>12}",
             self.commits,
             self.elapsed_s,
             self.p50_ms,
             self.p99_ms,
+            self.max_ms,
+            self.retried,
+            self.rest_ms,
             self.metadata_json,
             self.metadata_files,
             self.manifests,

@@ -857,11 +857,12 @@ impl<'a> SnapshotWriter<'a> {
             .with_schema_id(m.current_schema_id())
             .build();
         // `main` keeps the retention other engines gave it (min-snapshots-to-keep,
-        // max-snapshot-age-ms, max-ref-age-ms): floe only moves its head (DESIGN.md §8).
-        let retention = main_retention(m);
+        // max-snapshot-age-ms, max-ref-age-ms): floe only moves its head (DESIGN.md §8). The
+        // builder's `set_branch_snapshot` copies the branch's reference with only its snapshot id
+        // changed (a table without `main` gets one without retention settings), and refuses a
+        // `main` that is a tag.
         let metadata = TableMetadataBuilder::new_from_metadata(m.clone(), Some(base.metadata_location.clone()))
-            .add_snapshot(snapshot)
-            .and_then(|b| b.set_ref(MAIN, SnapshotReference::new(self.snapshot_id, retention)))
+            .set_branch_snapshot(snapshot, MAIN)
             .and_then(|b| b.set_properties(properties))
             .and_then(|b| b.build())
             .map_err(|e| CommitError::Invalid {
@@ -878,18 +879,6 @@ impl<'a> SnapshotWriter<'a> {
 
 /// The branch every engine reads by default.
 pub const MAIN: &str = "main";
-
-/// The retention settings of `main` (none when the table has no `main` yet).
-pub fn main_retention(m: &TableMetadata) -> SnapshotRetention {
-    refs(m)
-        .remove(MAIN)
-        .map(|r| r.retention)
-        .unwrap_or(SnapshotRetention::Branch {
-            min_snapshots_to_keep: None,
-            max_snapshot_age_ms: None,
-            max_ref_age_ms: None,
-        })
-}
 
 /// The table's branches and tags. (The iceberg crate keeps them private; they are read from the
 /// metadata's serialized form, which is exactly what the metadata file holds.)

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use arrow_array::{Int64Array, RecordBatch, StringArray};
 use floe::catalog::{Catalog, CatalogError};
-use floe::commit::CommitEngine;
+use floe::commit::{Append, AppendOutcome, CommitEngine};
 use floe::config::{CatalogUri, TableName};
 use floe::maintain::orphans::{MIN_AGE, OrphanOptions, remove_orphans};
 use floe::write::MAX_STAGED_AGE;
@@ -173,4 +173,72 @@ async fn metadata_that_does_not_parse_is_a_permanent_error() {
     std::fs::remove_file(&path).unwrap();
     let err = fx.catalog.load(&events()).await.expect_err("the file is gone");
     assert!(err.is_transient(), "{err:?}");
+}
+
+// --- the metadata a commit wrote is reused, another writer's is read -------------------------
+
+#[tokio::test]
+async fn a_catalog_reuses_what_it_committed_and_reads_what_others_did() {
+    let fx = fixture("CREATE TABLE events (id BIGINT, region VARCHAR)").await;
+    // A second process on the same catalog.
+    let other = Catalog::connect(
+        CatalogUri::Sqlite(fx.dir.path().join("catalog.db")),
+        "floe",
+        &format!("file://{}/warehouse", fx.dir.path().display()),
+    )
+    .await
+    .unwrap();
+    let tp = floe::ledger::TopicPartition::new("events", 0);
+    let append = |catalog: &Catalog, expected: Option<i64>, end: i64| {
+        let (catalog, tp) = (catalog.clone(), tp.clone());
+        async move {
+            let engine = CommitEngine::new(catalog.clone(), events());
+            let t = engine.load().await.unwrap();
+            let first = expected.unwrap_or(0);
+            let batch = region_batch(&t.metadata, "a", first..end);
+            let files = floe::write::write_data_files(catalog.file_io(), &t.metadata, t.metadata.current_schema(), vec![batch], 1 << 20)
+                .await
+                .unwrap();
+            let range = floe::ledger::OffsetRange { tp, expected, first, end };
+            engine.commit(&mut Append::new("p", vec![range], files, t.metadata.default_partition_spec_id())).await.unwrap()
+        }
+    };
+    let committed = |o: &AppendOutcome| match o {
+        AppendOutcome::Committed { metadata_location, .. } => metadata_location.clone(),
+        AppendOutcome::Fenced { violations, .. } => panic!("fenced: {violations:?}"),
+    };
+
+    let mine = committed(&append(&fx.catalog, None, 10).await);
+    // The metadata this catalog committed is used without reading the file: with the file moved
+    // away, this catalog still loads the table, and the other one cannot.
+    let path = floe::maintain::local_path(&mine).unwrap();
+    let aside = path.with_extension("aside");
+    std::fs::rename(&path, &aside).unwrap();
+    let t = fx.catalog.load(&events()).await.expect("the metadata just committed is kept");
+    assert_eq!(t.metadata_location, mine);
+    assert_eq!(t.metadata.current_snapshot().unwrap().summary().additional_properties["total-records"], "10");
+    let err = other.load(&events()).await.expect_err("another process reads the file");
+    assert!(matches!(err, CatalogError::Metadata { .. }), "{err:?}");
+    std::fs::rename(&aside, &path).unwrap();
+
+    // The other process commits the next offsets; this one, still expecting offset 10, is fenced
+    // on the metadata the other wrote (read from its file), not on what it committed itself.
+    let theirs = committed(&append(&other, Some(10), 20).await);
+    let stale = append(&fx.catalog, Some(10), 20).await;
+    assert!(matches!(&stale, AppendOutcome::Fenced { violations, .. } if violations.len() == 1), "{stale:?}");
+    let t = fx.catalog.load(&events()).await.unwrap();
+    assert_eq!(t.metadata_location, theirs);
+    // And goes on from where the other left off; a third process reading the file agrees.
+    let last = committed(&append(&fx.catalog, Some(20), 30).await);
+    let fresh = Catalog::connect(
+        CatalogUri::Sqlite(fx.dir.path().join("catalog.db")),
+        "floe",
+        &format!("file://{}/warehouse", fx.dir.path().display()),
+    )
+    .await
+    .unwrap();
+    let (kept, read) = (fx.catalog.load(&events()).await.unwrap(), fresh.load(&events()).await.unwrap());
+    assert_eq!((kept.metadata_location.as_str(), read.metadata_location.as_str()), (last.as_str(), last.as_str()));
+    assert_eq!(kept.metadata, read.metadata, "what was kept is what the file holds");
+    assert_eq!(read.metadata.current_snapshot().unwrap().summary().additional_properties["total-records"], "30");
 }

@@ -10,6 +10,7 @@
 //! the metadata it checked; the crate's `update_table` reloads the table and re-applies the
 //! commit on whatever it finds.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use iceberg::io::FileIO;
@@ -46,7 +47,15 @@ pub struct SqlCatalog {
     file_io: FileIO,
     dollar_params: bool,
     layout: Layout,
+    /// The metadata this catalog last committed for each table, with its location (see
+    /// [`SqlCatalog::load`]).
+    recent: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, TableMetadata)>>>,
 }
+
+/// How many tables' metadata a catalog keeps parsed (a loader has its table and perhaps a
+/// dead-letter table; more is only `floe status` or `floe query` over many tables, which then
+/// read some metadata files again).
+const RECENT_TABLES: usize = 16;
 
 impl std::fmt::Debug for SqlCatalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,6 +139,7 @@ impl SqlCatalog {
             file_io,
             dollar_params,
             layout,
+            recent: Arc::default(),
         })
     }
 
@@ -201,6 +211,22 @@ impl SqlCatalog {
             }
         }
         out
+    }
+
+    /// The metadata kept for `table` if it is that of `location`.
+    fn recent(&self, table: &TableName, location: &str) -> Option<TableMetadata> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.get(&table.to_string()).filter(|(l, _)| l == location).map(|(_, m)| m.clone())
+    }
+
+    /// Keeps `metadata`, just committed, as `table`'s metadata at `location`.
+    fn remember(&self, table: &TableName, location: &str, metadata: &TableMetadata) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let key = table.to_string();
+        if recent.len() >= RECENT_TABLES && !recent.contains_key(&key) {
+            recent.clear();
+        }
+        recent.insert(key, (location.to_owned(), metadata.clone()));
     }
 
     fn unavailable(&self, e: impl std::fmt::Display) -> CatalogError {
@@ -310,6 +336,14 @@ impl SqlCatalog {
     }
 
     /// Loads a table's current metadata.
+    ///
+    /// The current location is always asked of the database; the metadata file is read and
+    /// parsed unless that location is the one this catalog itself committed last for the table
+    /// (see [`SqlCatalog::commit`]): then the metadata it wrote there is used as it is. A metadata
+    /// file is never changed once written and its name is never reused (DESIGN.md §8), so that is
+    /// exactly what reading the file would give, and a check against it is a check against the
+    /// metadata the swap is conditioned on (DESIGN.md §2). This keeps a one-second loader from
+    /// parsing, at every commit, a metadata file of megabytes that it wrote a second ago.
     pub async fn load(&self, table: &TableName) -> Result<LoadedTable, CatalogError> {
         let location = self
             .current_location(table)
@@ -319,6 +353,9 @@ impl SqlCatalog {
                 catalog: self.name.clone(),
                 uri: self.uri.to_string(),
             })?;
+        if let Some(metadata) = self.recent(table, &location) {
+            return Ok(LoadedTable { name: table.clone(), metadata_location: location, metadata });
+        }
         let metadata = super::read_metadata(&self.file_io, table, &location).await?;
         Ok(LoadedTable {
             name: table.clone(),
@@ -403,11 +440,14 @@ impl SqlCatalog {
         .execute(&self.pool)
         .await;
         match updated {
-            Ok(r) if r.rows_affected() == 1 => Ok(Swap::Done(LoadedTable {
-                name: table.clone(),
-                metadata_location: next,
-                metadata,
-            })),
+            Ok(r) if r.rows_affected() == 1 => {
+                self.remember(table, &next, &metadata);
+                Ok(Swap::Done(LoadedTable {
+                    name: table.clone(),
+                    metadata_location: next,
+                    metadata,
+                }))
+            }
             Ok(_) => {
                 let _ = self.file_io.delete(&next).await;
                 Ok(Swap::Conflict)
