@@ -20,6 +20,9 @@ pub enum RecordErrorKind {
     OutOfRange,
     /// A required (NOT NULL) column is missing or null.
     MissingRequired,
+    /// The record decoded, but its row failed a `[[checks]]` data check with action
+    /// `dead_letter`.
+    CheckFailed,
 }
 
 impl RecordErrorKind {
@@ -32,6 +35,7 @@ impl RecordErrorKind {
             Self::WrongType => "wrong-type",
             Self::OutOfRange => "out-of-range",
             Self::MissingRequired => "missing-required",
+            Self::CheckFailed => "check-failed",
         }
     }
 }
@@ -70,6 +74,16 @@ pub struct RecordError {
 }
 
 impl RecordError {
+    /// A row that failed a data check: `message` names the check and the value.
+    pub fn check_failed(column: &str, message: String, origin: RecordOrigin) -> RecordError {
+        RecordError {
+            kind: RecordErrorKind::CheckFailed,
+            column: column.to_owned(),
+            message,
+            origin,
+        }
+    }
+
     pub fn kind(&self) -> RecordErrorKind {
         self.kind
     }

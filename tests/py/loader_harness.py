@@ -505,7 +505,8 @@ class Pipeline:
     def write_config(self, interval: str = "1s", kafka: dict[str, object] | None = None,
                      bootstrap: str | None = None, commit: dict[str, object] | None = None,
                      dead_letter: dict[str, object] | None = None, source: dict[str, object] | None = None,
-                     schema: dict[str, object] | None = None) -> None:
+                     schema: dict[str, object] | None = None, extra: str = "") -> None:
+        """Writes the pipeline's config file; `extra` is TOML appended as it is ([http], [[checks]]...)."""
         c = self.catalog_spec
         lines = [f"data_dir = {toml_str(str(self.data_dir))}", "", "[catalog]", f"name = {toml_str(c.name)}"]
         if c.kind == "postgres":
@@ -530,6 +531,8 @@ class Pipeline:
             lines += ["", "[dead_letter]"] + [f"{k} = {toml_value(v)}" for k, v in dead_letter.items()]
         if schema:
             lines += ["", "[schema]"] + [f"{k} = {toml_value(v)}" for k, v in schema.items()]
+        if extra:
+            lines += ["", extra.strip()]
         self.config.write_text("\n".join(lines) + "\n")
 
     def floe(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
