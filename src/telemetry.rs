@@ -277,7 +277,8 @@ pub struct CommitRow {
     pub files: usize,
     pub millis: u64,
     pub freshness_s: Option<f64>,
-    pub snapshot_id: Option<i64>,
+    /// As text: JavaScript numbers cannot hold every 64-bit id.
+    pub snapshot_id: Option<String>,
 }
 
 impl Live {
@@ -323,7 +324,7 @@ impl Live {
             files: c.files,
             millis: c.duration.as_millis() as u64,
             freshness_s: freshness,
-            snapshot_id: c.snapshot_id,
+            snapshot_id: c.snapshot_id.map(|id| id.to_string()),
         });
         s.recent.truncate(RECENT_COMMITS);
         let bucket = bucket_of(now_ms);

@@ -247,6 +247,9 @@ def test_status_page_in_headless_chromium_shows_the_live_figures(tmp_path, floe_
     shown = {int(r["partition"]): (int(r["committed"]), int(r["end"]), int(r["lag"])) for r in partition_rows}
     want = {pt: (seen["ledger"][pt], end, end - seen["ledger"][pt]) for pt, end in seen["ends"].items()}
     assert shown == want, f"partitions on the page {shown}, from pyiceberg and Kafka {want}"
+    snapshot_ids = {str(s.snapshot_id) for s in p.table().metadata.snapshots}
+    shown_ids = [text for field, text in cells if field == "snapshot"]
+    assert shown_ids and set(shown_ids) <= snapshot_ids, f"recent commits show snapshots {shown_ids}, the table has {snapshot_ids}"
     assert dom.bars >= 1, "the chart drew no bar of rows/s"
     assert "ok" in dom.by_id["ready"]["text"], dom.by_id["ready"]
 
