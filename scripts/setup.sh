@@ -2,7 +2,7 @@
 # Installs what building and running floe needs on a Debian machine of this kind, skipping what is
 # already there: Debian packages (compiler toolchain and C libraries for librdkafka, PostgreSQL, Java
 # and Maven for the local Kafka), the Kafka broker jars (Maven Central, cached in ~/.m2), and with
-# `--python` the Python test venv. Sourced by scripts/test.sh and scripts/demo.sh, or run on its own.
+# `--python` the Python test venv and Chromium (the status page test). Sourced by scripts/test.sh and scripts/demo.sh, or run on its own.
 #
 #   scripts/setup.sh [--python]
 set -euo pipefail
@@ -43,6 +43,8 @@ setup_machine() { # [--python]
   fi
   "$SETUP_REPO/scripts/kafka.sh" fetch
   if [[ ${1:-} == --python ]]; then
+    # Headless Chromium renders the status page in tests/py/test_http.py.
+    command -v chromium >/dev/null || apt_install chromium
     VENV="$("$SETUP_REPO/scripts/python-env.sh" | tail -n 1)"
     export VENV
   fi

@@ -173,7 +173,7 @@ impl CommitEngine {
                 Ok(Swap::Conflict) => {
                     crate::write::delete_files(self.catalog.file_io(), staged.attempt_files).await;
                     conflicts += 1;
-                    tracing::debug!(table = %self.table, conflicts, "commit conflict; reloading and checking again");
+                    crate::telemetry::commit_conflict(&self.table.to_string(), conflicts);
                     if conflicts >= self.max_conflicts {
                         return Err(CommitError::TooManyConflicts {
                             table: self.table.to_string(),

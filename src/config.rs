@@ -69,6 +69,13 @@ pub struct Config {
     /// Kafka record metadata stored in columns.
     #[serde(default)]
     pub metadata: MetadataConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// Data checks on the committed rows (`[[checks]]`, one table per check).
+    #[serde(default)]
+    pub checks: Vec<CheckConfig>,
 }
 
 /// `[decode]`: how a record's JSON value becomes a row. Without the section, the whole value is
@@ -236,6 +243,179 @@ fn toml_key(k: &str) -> String {
         k.to_owned()
     } else {
         format!("{k:?}")
+    }
+}
+
+
+/// The HTTP listener of `floe run` (`/metrics`, `/health`, `/ready`, the status page). Off unless
+/// `listen` is set: several floe processes often share a host, and a default port would make the
+/// second one fail.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port`, e.g. `"127.0.0.1:9100"`; port 0 picks a free port (the address is logged).
+    pub listen: Option<String>,
+}
+
+/// Alerts raised by `floe run` itself (logged at ERROR and exported as metrics).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// The heartbeat: alert when no record has arrived for this long, e.g. "5m".
+    #[serde(default, with = "human_duration_opt")]
+    pub max_idle: Option<Duration>,
+}
+
+/// One data check on one column, evaluated on every commit's rows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    /// A top-level column of the table.
+    pub column: String,
+    /// `not_null`, `range`, `regex`, `accepted` or `max_null_rate`.
+    pub check: CheckKind,
+    /// range: the smallest allowed value (inclusive).
+    pub min: Option<f64>,
+    /// range: the largest allowed value (inclusive).
+    pub max: Option<f64>,
+    /// regex: values must match this pattern (Rust `regex` syntax; anchor it with `^...$` for a
+    /// whole-value match).
+    pub pattern: Option<String>,
+    /// accepted: the allowed values (strings or integers, as the column is).
+    pub values: Option<Vec<toml::Value>>,
+    /// max_null_rate: the largest share of null values (0 to 1) over `window`.
+    pub max_rate: Option<f64>,
+    /// max_null_rate: the period the rate is computed over, e.g. "5m".
+    #[serde(default, with = "human_duration_opt")]
+    pub window: Option<Duration>,
+    /// What a failing row does: `warn` (log, count, commit it), `dead_letter` (set it aside with
+    /// kind `check-failed`), `stop` (commit nothing of the batch and exit).
+    #[serde(default)]
+    pub action: CheckAction,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    NotNull,
+    Range,
+    Regex,
+    Accepted,
+    MaxNullRate,
+}
+
+impl CheckKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::NotNull => "not_null",
+            CheckKind::Range => "range",
+            CheckKind::Regex => "regex",
+            CheckKind::Accepted => "accepted",
+            CheckKind::MaxNullRate => "max_null_rate",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckAction {
+    #[default]
+    Warn,
+    DeadLetter,
+    Stop,
+}
+
+impl CheckAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckAction::Warn => "warn",
+            CheckAction::DeadLetter => "dead_letter",
+            CheckAction::Stop => "stop",
+        }
+    }
+}
+
+impl CheckConfig {
+    /// The check's name in logs, metrics and the table's history: `column:check`.
+    pub fn name(&self) -> String {
+        format!("{}:{}", self.column, self.check.as_str())
+    }
+
+    /// Checks what can be checked without the table: the parameters fit the kind.
+    fn validate(&self, i: usize, has_dead_letters: bool) -> Result<(), String> {
+        let at = format!("checks[{i}] ({})", self.name());
+        let only = |allowed: &[&str]| -> Result<(), String> {
+            let given: Vec<&str> = [
+                ("min", self.min.is_some()),
+                ("max", self.max.is_some()),
+                ("pattern", self.pattern.is_some()),
+                ("values", self.values.is_some()),
+                ("max_rate", self.max_rate.is_some()),
+                ("window", self.window.is_some()),
+            ]
+            .iter()
+            .filter(|(k, set)| *set && !allowed.contains(k))
+            .map(|(k, _)| *k)
+            .collect();
+            if given.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{at}: `{}` does not apply to check = \"{}\"", given.join("`, `"), self.check.as_str()))
+            }
+        };
+        if self.column.trim().is_empty() {
+            return Err(format!("checks[{i}]: `column` is empty; name a top-level column of the table"));
+        }
+        match self.check {
+            CheckKind::NotNull => only(&[])?,
+            CheckKind::Range => {
+                only(&["min", "max"])?;
+                match (self.min, self.max) {
+                    (None, None) => return Err(format!("{at}: give `min`, `max` or both")),
+                    (Some(lo), Some(hi)) if lo > hi => return Err(format!("{at}: min = {lo} is above max = {hi}")),
+                    _ => {}
+                }
+            }
+            CheckKind::Regex => {
+                only(&["pattern"])?;
+                let Some(p) = &self.pattern else { return Err(format!("{at}: give the `pattern`")) };
+                regex::Regex::new(p).map_err(|e| format!("{at}: pattern {p:?} does not compile: {e}"))?;
+            }
+            CheckKind::Accepted => {
+                only(&["values"])?;
+                match &self.values {
+                    None => return Err(format!("{at}: give the accepted `values`, e.g. values = [\"a\", \"b\"]")),
+                    Some(v) if v.is_empty() => return Err(format!("{at}: `values` is empty: nothing would pass")),
+                    Some(v) => {
+                        if let Some(bad) = v.iter().find(|x| !(x.is_str() || x.is_integer())) {
+                            return Err(format!("{at}: accepted value {bad} is neither a string nor an integer"));
+                        }
+                    }
+                }
+            }
+            CheckKind::MaxNullRate => {
+                only(&["max_rate", "window"])?;
+                match self.max_rate {
+                    Some(r) if (0.0..=1.0).contains(&r) => {}
+                    Some(r) => return Err(format!("{at}: max_rate = {r} must be between 0 and 1 (e.g. 0.05 for 5%)")),
+                    None => return Err(format!("{at}: give `max_rate`, e.g. max_rate = 0.05")),
+                }
+                if self.window.is_some_and(|w| w < Duration::from_secs(1)) {
+                    return Err(format!("{at}: window must be at least \"1s\""));
+                }
+                if self.action == CheckAction::DeadLetter {
+                    return Err(format!(
+                        "{at}: action = \"dead_letter\" does not apply to a rate (no single row fails); use \"warn\" or \"stop\""
+                    ));
+                }
+            }
+        }
+        if self.action == CheckAction::DeadLetter && !has_dead_letters {
+            return Err(format!(
+                "{at}: action = \"dead_letter\" needs a dead-letter destination: add `[dead_letter]` with `topic = ...` or `table = ...`"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -767,6 +947,16 @@ impl Config {
                 )));
             }
         }
+        if let Some(listen) = &self.http.listen {
+            parse_listen(listen).map_err(|m| invalid(format!("http.listen: {m}")))?;
+        }
+        if self.alerts.max_idle.is_some_and(|d| d < Duration::from_secs(1)) {
+            return Err(invalid("alerts.max_idle must be at least \"1s\"".into()));
+        }
+        let has_dead_letters = dl.topic.is_some() || dl.table.is_some();
+        for (i, c) in self.checks.iter().enumerate() {
+            c.validate(i, has_dead_letters).map_err(invalid)?;
+        }
         if let Some(t) = &dl.table {
             TableName::parse(t).map_err(|m| invalid(format!("dead_letter.table: {m}")))?;
         }
@@ -813,6 +1003,21 @@ impl Config {
             Some(t) => TableName::parse(&t.name),
             None => Err("no table configured: add `[table]` with `name = \"namespace.table\"` to the config file".into()),
         }
+    }
+}
+
+/// `host:port` of `http.listen`, resolved without a DNS lookup (an IP address or `localhost`).
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    let fix = "write host:port, e.g. \"127.0.0.1:9100\" (\"127.0.0.1:0\" for any free port, \"0.0.0.0:9100\" for all interfaces)";
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return Ok(a);
+    }
+    match s.rsplit_once(':') {
+        Some(("localhost", port)) => port
+            .parse::<u16>()
+            .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)))
+            .map_err(|_| format!("{s:?}: port {port:?} is not a number from 0 to 65535; {fix}")),
+        _ => Err(format!("{s:?} is not an address; {fix}")),
     }
 }
 
@@ -1681,5 +1886,35 @@ mod tests {
         assert!(e.contains("decode.projections.k and metadata.key both fill column \"k\""), "{e}");
         let e = err("[metadata.headers]\n\"trace.id\" = \"\"\n");
         assert!(e.contains("metadata.headers.\"trace.id\" is empty"), "{e}");
+    }
+
+    #[test]
+    fn http_alerts_and_checks() {
+        let c = parse("").unwrap();
+        assert!(c.http.listen.is_none(), "the listener is off by default");
+        assert!(c.checks.is_empty() && c.alerts.max_idle.is_none());
+        let c = parse("[http]\nlisten = \"127.0.0.1:0\"\n[alerts]\nmax_idle = \"5m\"\n").unwrap();
+        assert_eq!(c.alerts.max_idle, Some(Duration::from_secs(300)));
+        assert_eq!(parse_listen("localhost:9100").unwrap().port(), 9100);
+        assert!(err("[http]\nlisten = \"9100\"").contains("http.listen: \"9100\" is not an address; write host:port"));
+        assert!(err("[alerts]\nmax_idle = \"10ms\"").contains("alerts.max_idle"));
+        let c = parse("[[checks]]\ncolumn = \"a\"\ncheck = \"range\"\nmin = 0\n").unwrap();
+        assert_eq!((c.checks[0].name(), c.checks[0].action), ("a:range".to_owned(), CheckAction::Warn));
+        for (text, needle) in [
+            ("column = \"a\"\ncheck = \"regex\"\npattern = \"([a\"", "checks[0] (a:regex): pattern \"([a\" does not compile"),
+            ("column = \"a\"\ncheck = \"range\"", "give `min`, `max` or both"),
+            ("column = \"a\"\ncheck = \"range\"\nmin = 5\nmax = 1", "min = 5 is above max = 1"),
+            ("column = \"a\"\ncheck = \"not_null\"\npattern = \"x\"", "`pattern` does not apply to check = \"not_null\""),
+            ("column = \"a\"\ncheck = \"accepted\"\nvalues = []", "`values` is empty"),
+            ("column = \"a\"\ncheck = \"accepted\"\nvalues = [1.5]", "neither a string nor an integer"),
+            ("column = \"a\"\ncheck = \"max_null_rate\"\nmax_rate = 2.0", "between 0 and 1"),
+            ("column = \"a\"\ncheck = \"not_null\"\naction = \"dead_letter\"", "needs a dead-letter destination"),
+            ("column = \"a\"\ncheck = \"sometimes\"", "unknown variant"),
+        ] {
+            let e = err(&format!("[[checks]]\n{text}\n"));
+            assert!(e.contains(needle), "{needle:?} missing from {e}");
+        }
+        let rate = "[dead_letter]\ntopic = \"dlq\"\n[[checks]]\ncolumn = \"a\"\ncheck = \"max_null_rate\"\nmax_rate = 0.1\naction = \"dead_letter\"\n";
+        assert!(err(rate).contains("does not apply to a rate"));
     }
 }

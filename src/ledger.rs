@@ -159,6 +159,9 @@ pub fn all_ledgers(
 pub const SUMMARY_GAPS: &str = "floe.gaps";
 /// Snapshot summary key: the batch's dead letters by kind, `not-json=2,wrong-type=1`.
 pub const SUMMARY_DEAD_LETTERS: &str = "floe.dead-letters";
+/// Snapshot summary key: rows of the batch that failed each data check, `column:check=rows,...`
+/// (whatever the check's action; `floe status` adds them up).
+pub const SUMMARY_CHECKS: &str = "floe.checks";
 
 /// The audit form of ranges for a snapshot summary: `topic/partition:first-end` (end exclusive).
 /// Ranges that cover no offset (a partition's start recorded before anything was read) are left

@@ -6,11 +6,13 @@
 
 pub mod alter;
 pub mod catalog;
+pub mod checks;
 pub mod commit;
 pub mod config;
 pub mod ddl;
 pub mod deadletter;
 pub mod evolve;
+pub mod http;
 pub mod decode;
 pub mod kafka;
 pub mod ledger;
@@ -24,4 +26,5 @@ pub mod sample;
 pub mod source;
 pub mod status;
 pub mod table;
+pub mod telemetry;
 pub mod write;

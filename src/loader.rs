@@ -17,17 +17,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::commit::{Append, AppendOutcome, CommitEngine, CommitError};
-use crate::config::{Config, OnDataLoss, StartPosition, TableName};
+use crate::checks::Checks;
+use crate::config::{CheckAction, Config, OnDataLoss, StartPosition, TableName};
 use crate::deadletter::{DeadLetter, KafkaDeadLetters, RatioValve, TableDeadLetters};
-use crate::decode::{DecodeSetupError, Decoder, RecordError, RecordErrorKind};
+use crate::decode::{DecodeSetupError, Decoder, RecordError, RecordErrorKind, RecordOrigin};
 use crate::ledger::{Ledger, OffsetRange, TopicPartition};
 use crate::source::{self, AssignedPartition, Command, Epoch, Event, OutOfRange, Record, StartAt};
+use crate::telemetry::{self, Live, PartitionLive};
+
+/// How often the loader's timer updates its gauges, the live status and the heartbeat.
+const TICK: Duration = Duration::from_secs(1);
 
 /// Why the loader stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +61,13 @@ pub enum LoadError {
         partition: i32,
         offset: i64,
     },
+    #[error(
+        "{0}\nfloe stopped without committing this batch (everything before it is committed; the \
+         ledger still points at its first records). Ways forward: fix the producer and restart, or \
+         change the check's action under [[checks]] (\"warn\" commits such rows, \"dead_letter\" sets \
+         them aside) and restart."
+    )]
+    CheckFailed(String),
     #[error("the Kafka consumer thread stopped unexpectedly")]
     ConsumerGone,
     #[error("{}", data_loss_message(.0))]
@@ -152,6 +165,8 @@ struct PartitionState {
     moved: bool,
     /// Offsets the log no longer held when this batch needed them: (needed, resumed at).
     gaps: Vec<(i64, i64)>,
+    /// The log's end as the client last reported it (for lag).
+    end: Option<i64>,
 }
 
 impl PartitionState {
@@ -163,6 +178,7 @@ impl PartitionState {
             next: expected,
             moved: false,
             gaps: Vec::new(),
+            end: None,
         }
     }
 
@@ -177,6 +193,8 @@ pub struct Loader {
     config: Config,
     pipeline: String,
     engine: CommitEngine,
+    live: Arc<Live>,
+    checks: Checks,
 }
 
 /// This process's static group membership (`group.instance.id`): a process restarted after a
@@ -288,12 +306,22 @@ impl Loader {
             .map_err(|message| CatalogError::Unsupported { table: table.to_string(), message })?;
         // The reshaping and metadata columns must fit the table: checked now, before any record.
         build_decoder(loaded.metadata.current_schema(), &config, &table).map_err(LoadError::Config)?;
+        let checks = Checks::compile(&config.checks, loaded.metadata.current_schema())
+            .map_err(|m| LoadError::Config(format!("{m} (table {table})")))?;
         crate::kafka::check_reachable(&config.kafka, Duration::from_secs(10)).await?;
+        let live = Arc::new(Live::new(&pipeline, &table.to_string(), &config.source.topics));
         Ok(Loader {
             engine: CommitEngine::new(catalog, table),
             pipeline,
             config,
+            live,
+            checks,
         })
+    }
+
+    /// The live state that the HTTP listener serves.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.clone()
     }
 
     /// Runs until `shutdown` resolves (then commits what is buffered and returns) or a permanent
@@ -356,7 +384,18 @@ impl Loader {
             &self.config.maintenance,
             self.config.commit.target_file_size,
         );
+        let table_label = self.engine.table().to_string();
         let mut state = State {
+            live: self.live,
+            table_label,
+            max_idle: self.config.alerts.max_idle,
+            last_record: Instant::now(),
+            idle_alerted: false,
+            batch_oldest_ms: None,
+            batch_newest_ms: None,
+            checks: self.checks,
+            row_origins: Vec::new(),
+            row_records: Vec::new(),
             engine: self.engine,
             pipeline: self.pipeline,
             start: self.config.source.start,
@@ -415,6 +454,23 @@ impl Loader {
 }
 
 struct State {
+    live: Arc<Live>,
+    /// The table's name, as metrics label it.
+    table_label: String,
+    /// `alerts.max_idle`: the heartbeat.
+    max_idle: Option<Duration>,
+    /// When the last record arrived (or the loader started).
+    last_record: Instant,
+    idle_alerted: bool,
+    /// Kafka timestamps (ms) of the current batch's oldest and newest record, for freshness.
+    batch_oldest_ms: Option<i64>,
+    batch_newest_ms: Option<i64>,
+    /// `[[checks]]`, evaluated on each batch before it is written.
+    checks: Checks,
+    /// With checks: where each buffered row came from (row i of the decoder's batch).
+    row_origins: Vec<(Arc<str>, i32, i64)>,
+    /// With a dead_letter check: each buffered row's record, to set it aside.
+    row_records: Vec<Record>,
     engine: CommitEngine,
     pipeline: String,
     start: StartPosition,
@@ -508,6 +564,7 @@ impl State {
         shutdown: impl Future<Output = ()>,
     ) -> Result<RunReport, LoadError> {
         tokio::pin!(shutdown);
+        let mut tick_at = tokio::time::Instant::now();
         loop {
             let deadline = tokio::time::Instant::from_std(self.last_commit + self.interval);
             let pending = self.has_pending();
@@ -517,6 +574,10 @@ impl State {
                     tracing::info!("shutdown requested: committing what is buffered");
                     self.flush().await?;
                     return Ok(self.report.clone());
+                }
+                () = tokio::time::sleep_until(tick_at) => {
+                    tick_at = tokio::time::Instant::now() + TICK;
+                    self.tick();
                 }
                 // The timer fires even when no record arrives (kafka-delta-ingest #74).
                 () = tokio::time::sleep_until(deadline), if pending => {
@@ -536,6 +597,32 @@ impl State {
                         self.flush().await?;
                     }
                 }
+            }
+        }
+    }
+
+    /// The loader's timer: gauges, the live status, the heartbeat alert.
+    fn tick(&mut self) {
+        let partitions: Vec<PartitionLive> = self
+            .partitions
+            .iter()
+            .map(|(tp, p)| PartitionLive {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                committed: p.expected,
+                start: if p.expected.is_none() { p.first.or(p.next) } else { None },
+                read: p.next,
+                end: p.end,
+            })
+            .collect();
+        telemetry::loader_tick(&self.live, &self.table_label, self.decoder.buffered_bytes(), &partitions);
+        if let Some(max_idle) = self.max_idle
+            && self.waiting_since.is_none()
+        {
+            let idle = self.last_record.elapsed();
+            if idle >= max_idle && !self.idle_alerted {
+                self.idle_alerted = true;
+                telemetry::idle_alert(&self.live, &self.table_label, idle, max_idle);
             }
         }
     }
@@ -574,8 +661,35 @@ impl State {
                 if self.kafka_trouble.take().is_some() {
                     tracing::info!("Kafka is answering again");
                 }
+                if self.idle_alerted {
+                    self.idle_alerted = false;
+                    telemetry::idle_cleared(&self.live, &self.table_label, self.last_record.elapsed());
+                }
+                self.last_record = Instant::now();
+                // Counted per partition once per handed-over batch, not per record.
+                let mut read: Vec<(Arc<str>, i32, u64, u64)> = Vec::new();
+                for r in &records {
+                    let bytes = r.value.as_ref().map_or(0, Vec::len) as u64;
+                    match read.iter_mut().find(|(t, p, _, _)| *p == r.partition && **t == *r.topic) {
+                        Some(entry) => {
+                            entry.2 += 1;
+                            entry.3 += bytes;
+                        }
+                        None => read.push((r.topic.clone(), r.partition, 1, bytes)),
+                    }
+                }
+                for (topic, partition, n, bytes) in read {
+                    telemetry::records_read(&topic, partition, n, bytes);
+                }
                 for r in records {
                     self.record(r).await?;
+                }
+            }
+            Event::LogEnds(ends) => {
+                for (tp, end) in ends {
+                    if let Some(p) = self.partitions.get_mut(&tp) {
+                        p.end = Some(end);
+                    }
                 }
             }
             Event::Assigned { partitions, reply } => {
@@ -588,6 +702,7 @@ impl State {
                 for tp in &partitions {
                     self.partitions.remove(tp);
                 }
+                telemetry::partitions_revoked(&partitions);
                 if self.partitions.is_empty() {
                     self.waiting_since = Some(Instant::now());
                 }
@@ -715,6 +830,10 @@ impl State {
             return Err(LoadError::DataLoss(Box::new(loss)));
         }
         if !starts.is_empty() {
+            if self.waiting_since.is_some() {
+                // The heartbeat counts while this process holds partitions.
+                self.last_record = Instant::now();
+            }
             self.waiting_since = None;
             self.waiting_logged = None;
         }
@@ -847,8 +966,20 @@ impl State {
                 last: Box::new(last.clone()),
             });
         }
+        if let Some(ts) = r.timestamp {
+            self.batch_oldest_ms = Some(self.batch_oldest_ms.map_or(ts, |o| o.min(ts)));
+            self.batch_newest_ms = Some(self.batch_newest_ms.map_or(ts, |o| o.max(ts)));
+        }
         match outcome {
-            Ok(()) => self.report.records += 1,
+            Ok(()) => {
+                self.report.records += 1;
+                if !self.checks.is_empty() {
+                    self.row_origins.push((r.topic.clone(), r.partition, r.offset));
+                    if self.checks.dead_letters() {
+                        self.row_records.push(r.clone());
+                    }
+                }
+            }
             Err(error) if self.dlq_topic.is_some() || self.dlq_table.is_some() => {
                 // Set aside; its offset still advances (DESIGN.md §3).
                 self.report.dead_letters += 1;
@@ -906,9 +1037,11 @@ impl State {
             return Ok(());
         }
         let started = Instant::now();
-        let rows = self.decoder.len();
-        let batch = self.decoder.finish();
-        let letters = std::mem::take(&mut self.dead_letters);
+        let mut batch = self.decoder.finish();
+        let mut letters = std::mem::take(&mut self.dead_letters);
+        let check_summary = self.run_checks(&mut batch, &mut letters)?;
+        let rows = batch.num_rows();
+        let (oldest_ms, newest_ms) = (self.batch_oldest_ms.take(), self.batch_newest_ms.take());
         let table = retrying!("loading the table", self.engine.load());
         // The fence, checked before anything is written for this batch: a writer that lost its
         // partitions writes neither data files nor dead letters (DESIGN.md §3). The commit checks
@@ -942,11 +1075,15 @@ impl State {
         if !gaps.is_empty() {
             append.summary.insert(crate::ledger::SUMMARY_GAPS.to_owned(), gaps.join(","));
         }
+        if let Some(text) = check_summary {
+            append.summary.insert(crate::ledger::SUMMARY_CHECKS.to_owned(), text);
+        }
+        let mut letter_kinds: BTreeMap<String, u64> = BTreeMap::new();
+        for l in &letters {
+            *letter_kinds.entry(l.error.kind().as_str().to_owned()).or_default() += 1;
+        }
         if !letters.is_empty() {
-            let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-            for l in &letters {
-                *kinds.entry(l.error.kind().as_str()).or_default() += 1;
-            }
+            let kinds = &letter_kinds;
             let text: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}={n}")).collect();
             append.summary.insert(crate::ledger::SUMMARY_DEAD_LETTERS.to_owned(), text.join(","));
         }
@@ -1012,7 +1149,10 @@ impl State {
                     backoff.recovered();
                     break o;
                 }
-                Err(e) if e.is_transient() => backoff.wait(&e).await,
+                Err(e) if e.is_transient() => {
+                    telemetry::commit_failing(&self.live, &self.table_label, &e);
+                    backoff.wait(&e).await
+                }
                 Err(e) => return Err(e.into()),
             }
         };
@@ -1038,13 +1178,20 @@ impl State {
                     offsets.push((r.tp.clone(), r.end));
                 }
                 let _ = self.commands.send(Command::CommitOffsets(offsets));
-                tracing::info!(
-                    rows,
-                    files = written.len(),
-                    snapshot = ?snapshot_id,
-                    attempts,
-                    millis = started.elapsed().as_millis() as u64,
-                    "batch committed"
+                telemetry::batch_committed(
+                    &self.live,
+                    &telemetry::Committed {
+                        table: &self.table_label,
+                        rows: rows as u64,
+                        files: written.len(),
+                        bytes: staged.files.iter().map(|f| f.file_size_in_bytes()).sum(),
+                        snapshot_id,
+                        attempts,
+                        duration: started.elapsed(),
+                        oldest_ms,
+                        newest_ms,
+                        dead_letters: &letter_kinds,
+                    },
                 );
             }
             AppendOutcome::Fenced { violations, ledger } => {
@@ -1055,19 +1202,81 @@ impl State {
         Ok(())
     }
 
+    /// Evaluates the data checks on the batch about to be written: reports every failing check,
+    /// sets aside the rows of `dead_letter` checks (removing them from `batch`), and stops before
+    /// anything is written when a `stop` check failed. Returns the `floe.checks` summary value.
+    fn run_checks(&mut self, batch: &mut arrow_array::RecordBatch, letters: &mut Vec<DeadLetter>) -> Result<Option<String>, LoadError> {
+        let origins = std::mem::take(&mut self.row_origins);
+        let records = std::mem::take(&mut self.row_records);
+        if self.checks.is_empty() || batch.num_rows() == 0 {
+            return Ok(None);
+        }
+        let findings = self.checks.evaluate(batch, Instant::now());
+        if findings.is_empty() {
+            return Ok(None);
+        }
+        // Rows and records line up one to one (each decoded record is one row).
+        let origin_of = |row: usize| {
+            origins.get(row).map(|(t, p, o)| RecordOrigin { topic: t.to_string(), partition: *p, offset: *o })
+        };
+        let mut stops = Vec::new();
+        let mut set_aside = BTreeSet::new();
+        for f in &findings {
+            let example = match f.rows.first().and_then(|&r| origin_of(r)) {
+                Some(o) => format!("column {:?}: {} ({o}); {} of {} rows of this batch fail", f.column, f.what, f.count, batch.num_rows()),
+                None => format!("column {:?}: {}", f.column, f.what),
+            };
+            telemetry::check_failed(&self.live, &self.table_label, &f.name, f.action.as_str(), f.count, &example);
+            match f.action {
+                CheckAction::Warn => {}
+                CheckAction::Stop => stops.push(format!("data check {:?} ({}) failed: {example}", f.name, f.rule)),
+                CheckAction::DeadLetter => {
+                    let col = batch.column_by_name(&f.column).cloned();
+                    for &row in &f.rows {
+                        let (Some(record), Some(origin), Some(col)) = (records.get(row), origin_of(row), &col) else { continue };
+                        if !set_aside.insert(row) {
+                            continue;
+                        }
+                        let message = format!(
+                            "value {} fails data check {:?} ({})",
+                            crate::checks::value_at(col, row),
+                            f.name,
+                            f.rule
+                        );
+                        letters.push(DeadLetter { record: record.clone(), error: RecordError::check_failed(&f.column, message, origin) });
+                    }
+                }
+            }
+        }
+        if !stops.is_empty() {
+            self.checks.undo_last();
+            return Err(LoadError::CheckFailed(stops.join("\n")));
+        }
+        if !set_aside.is_empty() {
+            letters.sort_by(|a, b| {
+                let key = |l: &DeadLetter| (l.record.topic.clone(), l.record.partition, l.record.offset);
+                key(a).cmp(&key(b))
+            });
+            *batch = crate::checks::without_rows(batch, &set_aside).expect("a mask of the batch's own length");
+            self.report.dead_letters += set_aside.len() as u64;
+        }
+        Ok(Some(crate::checks::summary(&findings)))
+    }
+
     /// Another writer committed (some of) this batch's offsets: drop the batch, delete its data
     /// files, and re-read every partition from the ledger under a new epoch, so that nothing read
     /// before the seek is used.
     async fn fenced(&mut self, violations: Vec<crate::ledger::FenceViolation>, ledger: Ledger, written: Vec<String>) {
         self.report.fenced += 1;
-        tracing::warn!(
-            violations = ?violations.iter().map(|v| format!("{} expected {:?} found {:?}", v.tp, v.expected, v.found)).collect::<Vec<_>>(),
-            "batch fenced: another writer committed these offsets; dropping it and re-reading from the table's ledger"
-        );
+        let described: Vec<String> =
+            violations.iter().map(|v| format!("{} expected {:?} found {:?}", v.tp, v.expected, v.found)).collect();
+        telemetry::batch_fenced(&self.live, &self.table_label, &described);
         crate::write::delete_files(self.engine.catalog().file_io(), written).await;
         // The decoder's rows and the dead letters belong to the dropped batch.
         let _ = self.decoder.finish();
         self.dead_letters.clear();
+        self.row_origins.clear();
+        self.row_records.clear();
         let mut seeks = Vec::new();
         let tps: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
         for tp in tps {

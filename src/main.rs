@@ -598,6 +598,7 @@ async fn run_query(_: &Config, _: &str) -> Result<(), Failure> {
 async fn run_loader(config: Config) -> Result<(), Failure> {
     // Handlers first: a stop request during the startup checks ends the process cleanly too.
     let mut shutdown = std::pin::pin!(shutdown_signal());
+    let listen = config.http.listen.clone();
     let loader = tokio::select! {
         prepared = floe::loader::Loader::prepare(config) => prepared.map_err(|e| match e {
             floe::loader::LoadError::Config(_) => Failure::usage(e),
@@ -605,7 +606,15 @@ async fn run_loader(config: Config) -> Result<(), Failure> {
         })?,
         () = &mut shutdown => return Ok(()),
     };
-    loader.run(shutdown).await.map_err(Failure::runtime)?;
+    let http = match listen {
+        Some(listen) => Some(floe::http::start(&listen, loader.live()).await.map_err(Failure::usage)?),
+        None => None,
+    };
+    let result = loader.run(shutdown).await;
+    if let Some(http) = http {
+        http.stop().await;
+    }
+    result.map_err(Failure::runtime)?;
     Ok(())
 }
 

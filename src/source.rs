@@ -122,6 +122,9 @@ pub enum Event {
     OutOfRange(Vec<OutOfRange>),
     /// A consumer error (the client retries by itself; the loader logs and reports health).
     Error(String),
+    /// The logs' ends (last stable offsets) of assigned partitions, from the client's
+    /// statistics (every `statistics.interval.ms`), for lag.
+    LogEnds(Vec<(TopicPartition, i64)>),
 }
 
 /// What the loader tells the consumer thread.
@@ -141,6 +144,8 @@ const REBALANCE_WAIT: Duration = Duration::from_secs(600);
 const MAX_RECORDS_PER_EVENT: usize = 2048;
 /// How often positions are compared with what was handed over.
 const POSITION_EVERY: Duration = Duration::from_millis(250);
+/// How often the client reports its statistics (the partitions' log ends), in ms.
+const STATS_EVERY_MS: &str = "1000";
 /// How long a watermark query may take.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -189,6 +194,26 @@ impl LoaderContext {
 impl ClientContext for LoaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
         let _ = self.events.try_send(Event::Error(format!("{error}: {reason}")));
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut ends = Vec::new();
+        {
+            let mut tracked = self.tracked();
+            for (topic, t) in &statistics.topics {
+                for (&p, part) in &t.partitions {
+                    // Under read_committed the last stable offset is where the readable log ends.
+                    let end = if part.ls_offset >= 0 { part.ls_offset } else { part.hi_offset };
+                    if p >= 0 && end >= 0 && tracked.get_mut(topic, p).is_some() {
+                        ends.push((TopicPartition::new(topic.clone(), p), end));
+                    }
+                }
+            }
+        }
+        // Only for lag: when the loader is busy, this round is skipped.
+        if !ends.is_empty() {
+            let _ = self.events.try_send(Event::LogEnds(ends));
+        }
     }
 }
 
@@ -331,6 +356,10 @@ pub fn spawn(
         if config.get(key).is_none() {
             config.set(key, value);
         }
+    }
+    // The client's statistics carry each fetched partition's log end, for lag (no extra request).
+    if config.get("statistics.interval.ms").is_none() {
+        config.set("statistics.interval.ms", STATS_EVERY_MS);
     }
     let consumer: BaseConsumer<LoaderContext> = config.create_with_context(LoaderContext {
         events: events.clone(),

@@ -132,6 +132,8 @@ pub struct PipelineStatus {
     pub recent: Recent,
     /// Dead letters by kind, summed over the retained snapshots of the pipeline.
     pub dead_letters: BTreeMap<String, u64>,
+    /// Rows that failed each data check (`column:check`), summed over the retained snapshots.
+    pub check_failures: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -413,6 +415,7 @@ pub fn pipelines(m: &TableMetadata, configured: Option<&ConfiguredPipeline>, now
             last_commit: last_commit(&snapshots, now_ms),
             recent: recent(&snapshots, now_ms),
             dead_letters: dead_letters(&snapshots),
+            check_failures: summed(&snapshots, crate::ledger::SUMMARY_CHECKS),
             name,
         });
     }
@@ -464,8 +467,13 @@ pub fn recent(snapshots: &[&Snapshot], now_ms: i64) -> Recent {
 /// Dead letters by kind over the snapshots' `floe.dead-letters` summaries. An entry that does not
 /// read as `kind=count` is counted under its own text, so that it shows rather than vanishes.
 pub fn dead_letters(snapshots: &[&Snapshot]) -> BTreeMap<String, u64> {
+    summed(snapshots, SUMMARY_DEAD_LETTERS)
+}
+
+/// A `name=count,...` summary key added up over the snapshots.
+fn summed(snapshots: &[&Snapshot], key: &str) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    for value in snapshots.iter().filter_map(|s| summary(s, SUMMARY_DEAD_LETTERS)) {
+    for value in snapshots.iter().filter_map(|s| summary(s, key)) {
         for (kind, n) in parse_dead_letters(value) {
             *out.entry(kind).or_insert(0) += n;
         }
@@ -1061,6 +1069,12 @@ impl fmt::Display for PipelineStatus {
                 self.dead_letters.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
             },
         ]);
+        if !self.check_failures.is_empty() {
+            rows.push(vec![
+                "failed checks".to_owned(),
+                self.check_failures.iter().map(|(k, n)| format!("{k} {n} rows")).collect::<Vec<_>>().join(", "),
+            ]);
+        }
         f.write_str(&aligned(&rows, "    "))
     }
 }

@@ -22,17 +22,22 @@ pub enum RecordErrorKind {
     MissingRequired,
     /// The record has fields, but none of them is a column of the table.
     NoMatchingFields,
+    /// The record decoded, but its row failed a `[[checks]]` data check with action
+    /// `dead_letter`.
+    CheckFailed,
 }
 
 impl RecordErrorKind {
     /// Every kind.
-    pub const ALL: [RecordErrorKind; 6] = [
+    pub const ALL: [RecordErrorKind; 8] = [
         Self::NotJson,
         Self::InvalidUtf8,
         Self::NotAnObject,
         Self::WrongType,
         Self::OutOfRange,
         Self::MissingRequired,
+        Self::NoMatchingFields,
+        Self::CheckFailed,
     ];
 
     /// A stable name for dead-letter headers and metric labels.
@@ -45,6 +50,7 @@ impl RecordErrorKind {
             Self::OutOfRange => "out-of-range",
             Self::MissingRequired => "missing-required",
             Self::NoMatchingFields => "no-matching-fields",
+            Self::CheckFailed => "check-failed",
         }
     }
 }
@@ -83,6 +89,16 @@ pub struct RecordError {
 }
 
 impl RecordError {
+    /// A row that failed a data check: `message` names the check and the value.
+    pub fn check_failed(column: &str, message: String, origin: RecordOrigin) -> RecordError {
+        RecordError {
+            kind: RecordErrorKind::CheckFailed,
+            column: column.to_owned(),
+            message,
+            origin,
+        }
+    }
+
     pub fn kind(&self) -> RecordErrorKind {
         self.kind
     }

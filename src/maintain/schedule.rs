@@ -33,6 +33,18 @@ pub enum Kind {
     Orphans,
 }
 
+impl Kind {
+    /// The task's name in metrics (`kind` label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Compact => "compact",
+            Kind::Expire => "expire-snapshots",
+            Kind::Retention => "retention",
+            Kind::Orphans => "remove-orphans",
+        }
+    }
+}
+
 struct Job {
     kind: Kind,
     every: Duration,
@@ -104,7 +116,9 @@ pub fn spawn(engine: CommitEngine, config: &MaintenanceConfig, default_target_fi
 
 async fn run(engine: &CommitEngine, config: &MaintenanceConfig, kind: Kind, default_target: u64) {
     let table = engine.table().to_string();
+    let started = std::time::Instant::now();
     let result = run_task(engine, config, kind, default_target).await;
+    crate::telemetry::maintenance_ran(&table, kind.as_str(), started.elapsed(), result.is_ok());
     match result {
         Ok(summary) => tracing::info!(task = ?kind, table = %table, "{}", summary.trim_end().replace('\n', "; ")),
         Err(e) if e.is_transient() => tracing::warn!(task = ?kind, table = %table, error = %e, "maintenance task failed; it runs again at its next time"),

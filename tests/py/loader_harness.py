@@ -519,7 +519,7 @@ class Pipeline:
                      bootstrap: str | None = None, commit: dict[str, object] | None = None,
                      dead_letter: dict[str, object] | None = None, source: dict[str, object] | None = None,
                      schema: dict[str, object] | None = None, extra: str = "") -> None:
-        """Writes the pipeline's config file; `extra` is TOML appended as it is (e.g. `[decode]`)."""
+        """Writes the pipeline's config file; `extra` is TOML appended as it is (`[decode]`, `[http]`, `[[checks]]`...)."""
         c = self.catalog_spec
         lines = [f"data_dir = {toml_str(str(self.data_dir))}", "", "[catalog]", f"name = {toml_str(c.name)}"]
         if c.kind == "postgres":
