@@ -9,10 +9,9 @@
 //! ("set metadata_location to B where it is still A") on exactly the metadata it checked; the
 //! crate's `update_table` reloads the table and re-applies the commit on whatever it finds.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use iceberg::io::{FileIO, FileIOBuilder, LocalFsStorageFactory};
+use iceberg::io::FileIO;
 use iceberg::compression::CompressionCodec;
 use iceberg::spec::TableMetadata;
 use iceberg::MetadataLocation;
@@ -20,6 +19,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
 use crate::config::{CatalogUri, Config, TableName};
+use crate::storage::Storage;
 
 const TABLES: &str = "iceberg_tables";
 const NAMESPACE_PROPERTIES: &str = "iceberg_namespace_properties";
@@ -104,7 +104,7 @@ pub struct Catalog {
     name: String,
     uri: CatalogUri,
     warehouse: String,
-    file_io: FileIO,
+    storage: Storage,
     dollar_params: bool,
     layout: Layout,
 }
@@ -123,10 +123,21 @@ impl std::fmt::Debug for Catalog {
 impl Catalog {
     /// Connects to the configured catalog and creates its two tables if they are missing.
     pub async fn open(config: &Config) -> Result<Catalog, CatalogError> {
-        Self::connect(config.catalog_uri(), config.catalog_name(), &config.warehouse()).await
+        let storage = Storage::from_config(config).await;
+        Self::connect_with(config.catalog_uri(), config.catalog_name(), &config.warehouse(), storage).await
     }
 
+    /// A catalog whose tables are on local storage.
     pub async fn connect(uri: CatalogUri, name: &str, warehouse: &str) -> Result<Catalog, CatalogError> {
+        Self::connect_with(uri, name, warehouse, Storage::local()).await
+    }
+
+    pub async fn connect_with(
+        uri: CatalogUri,
+        name: &str,
+        warehouse: &str,
+        storage: Storage,
+    ) -> Result<Catalog, CatalogError> {
         install_default_drivers();
         let unavailable = |e: &dyn std::fmt::Display| CatalogError::Unavailable {
             uri: uri.to_string(),
@@ -182,13 +193,12 @@ impl Catalog {
                  writes it as it is, `floe catalog migrate` upgrades it"
             );
         }
-        let file_io = FileIOBuilder::new(Arc::new(LocalFsStorageFactory)).build();
         Ok(Catalog {
             pool,
             name: name.to_owned(),
             uri,
             warehouse: warehouse.trim_end_matches('/').to_owned(),
-            file_io,
+            storage,
             dollar_params,
             layout,
         })
@@ -237,7 +247,11 @@ impl Catalog {
     }
 
     pub fn file_io(&self) -> &FileIO {
-        &self.file_io
+        self.storage.file_io()
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     /// The default location of a new table: `<warehouse>/<namespace parts>/<table>`.
@@ -424,7 +438,7 @@ impl Catalog {
             }),
             Err(e) => {
                 // Nobody will ever reference the file we wrote.
-                let _ = self.file_io.delete(&location).await;
+                let _ = self.file_io().delete(&location).await;
                 if is_unique_violation(&e) {
                     Err(self.already_exists(table))
                 } else {
@@ -478,7 +492,7 @@ impl Catalog {
         match updated {
             Ok(r) if r.rows_affected() == 1 => Ok((next, Swap::Done)),
             Ok(_) => {
-                let _ = self.file_io.delete(&next).await;
+                let _ = self.file_io().delete(&next).await;
                 Ok((next, Swap::Conflict))
             }
             // The outcome is unknown (the update may have been applied before the connection
@@ -495,7 +509,7 @@ impl Catalog {
             location: location.to_owned(),
             message: e.to_string(),
         };
-        let bytes = self.file_io.new_input(location).map_err(storage)?.read().await.map_err(storage)?;
+        let bytes = self.file_io().new_input(location).map_err(storage)?.read().await.map_err(storage)?;
         let unreadable = |message: String| CatalogError::Unreadable {
             table: table.to_string(),
             location: location.to_owned(),
@@ -504,7 +518,7 @@ impl Catalog {
         if bytes.starts_with(&[0x1F, 0x8B]) {
             // Gzip-compressed metadata (`write.metadata.compression-codec = gzip`): the crate
             // decompresses it; its only failures left are a corrupt file or one that does not parse.
-            return TableMetadata::read_from(&self.file_io, location).await.map_err(|e| {
+            return TableMetadata::read_from(self.file_io(), location).await.map_err(|e| {
                 if e.kind() == iceberg::ErrorKind::DataInvalid {
                     unreadable(e.to_string())
                 } else {
@@ -541,14 +555,14 @@ impl Catalog {
         if location.compression_codec() != CompressionCodec::None {
             // Gzip: the crate compresses (a table without snapshots then has no
             // current-snapshot-id, which only old Iceberg Java, 0.13 and before, minds).
-            return metadata.write_to(&self.file_io, location).await.map_err(failed);
+            return metadata.write_to(self.file_io(), location).await.map_err(failed);
         }
         let json = metadata_json(metadata).map_err(|e| CatalogError::Metadata {
             table: table.to_string(),
             location: location.to_string(),
             message: format!("cannot serialize the metadata: {e}"),
         })?;
-        self.file_io
+        self.file_io()
             .new_output(location.to_string())
             .map_err(failed)?
             .write(json.into())

@@ -5,6 +5,7 @@
 //! `main.rs` only parses the command line and calls in here.
 
 pub mod alter;
+pub mod aws;
 pub mod catalog;
 pub mod commit;
 pub mod config;
@@ -19,7 +20,9 @@ pub mod maintain;
 #[cfg(feature = "query")]
 pub mod query;
 pub mod sample;
+pub mod secrets;
 pub mod source;
 pub mod status;
+pub mod storage;
 pub mod table;
 pub mod write;
