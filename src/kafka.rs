@@ -190,7 +190,7 @@ impl rdkafka::client::ClientContext for Probe {
         let security = matches!(
             code,
             Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL | RDKafkaErrorCode::SaslAuthenticationFailed)
-        ) || ["SSL handshake failed", "SASL authentication error", "ssl/tls alert", "certificate verify failed"]
+        ) || ["SSL handshake failed", "SASL authentication error", "SSL routines", "certificate verify failed"]
             .iter()
             .any(|needle| reason.contains(needle));
         tracing::debug!(error = %error, reason, "librdkafka error event while checking the brokers");
