@@ -10,6 +10,10 @@
 #   FLOE_TEST_KAFKA     bootstrap address, 127.0.0.1:<port>
 #   FLOE_TEST_POSTGRES  postgresql://floe:floe@127.0.0.1:<port>/floe
 #   FLOE_TEST_REST      http://127.0.0.1:<port> (an Iceberg REST catalog, scripts/rest-catalog.sh)
+#   FLOE_TEST_KAFKA_SASL_SSL, FLOE_TEST_KAFKA_SSL   the same broker's secured listeners, and
+#   FLOE_TEST_KAFKA_TLS the directory of their CA, client certificate and key (see scripts/kafka.sh)
+#   FLOE_TEST_AWS       http://127.0.0.1:<port>, moto (S3, Glue, Secrets Manager), with the one key it
+#                       accepts in FLOE_TEST_AWS_ACCESS_KEY_ID / FLOE_TEST_AWS_SECRET_ACCESS_KEY
 #   FLOE_BIN            the floe binary ($CARGO_TARGET_DIR/debug/floe)
 #   FLOE_REPO           the repository root
 # CARGO_TARGET_DIR defaults to ~/.cache/floe/target (a build cache outside the clone).
@@ -45,7 +49,7 @@ if $run_py; then scripts/trino.sh fetch; fi
 # --- services: started now, in the background, so they boot while cargo builds ------------------
 WORK="$(mktemp -d -t floe-test.XXXXXX)"
 chmod 755 "$WORK" # the PostgreSQL server runs as user postgres and must enter it
-kafka_job="" pg_job="" rest_job="" summary="" service_logs=false
+kafka_job="" pg_job="" rest_job="" moto_job="" summary="" service_logs=false
 
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
@@ -55,10 +59,11 @@ cleanup() {
   if [[ -n $kafka_job ]]; then wait "$kafka_job" 2>/dev/null || true; fi
   if [[ -n $pg_job ]]; then wait "$pg_job" 2>/dev/null || true; fi
   if [[ -n $rest_job ]]; then wait "$rest_job" 2>/dev/null || true; fi
+  if [[ -n $moto_job ]]; then wait "$moto_job" 2>/dev/null || true; fi
   if ((rc != 0)) && $service_logs; then
     local f
     for f in "$WORK/kafka.start.log" "$WORK/kafka/kafka.log" "$WORK/pg.start.log" "$WORK/pg/postgres.log" \
-      "$WORK/rest.start.log" "$WORK/rest/server.log"; do
+      "$WORK/rest.start.log" "$WORK/rest/server.log" "$WORK/moto.start.log" "$WORK/moto/moto.log"; do
       [[ -s $f ]] || continue
       echo "---- last lines of $f ----" >&2
       tail -n 25 "$f" >&2
@@ -67,6 +72,7 @@ cleanup() {
   scripts/kafka.sh stop "$WORK/kafka" 2>/dev/null || say "could not stop Kafka in $WORK/kafka"
   scripts/postgres.sh stop "$WORK/pg" 2>/dev/null || say "could not stop PostgreSQL in $WORK/pg"
   scripts/rest-catalog.sh stop "$WORK/rest" 2>/dev/null || say "could not stop the REST catalog in $WORK/rest"
+  scripts/moto.sh stop "$WORK/moto" 2>/dev/null || say "could not stop moto in $WORK/moto"
   rm -rf "$WORK"
   if [[ -n $summary ]]; then say "$summary"; fi
   exit "$rc"
@@ -83,6 +89,8 @@ pg_job=$!
 # About 2 s once fetched (the first run downloads ~80 MB of jars from Maven Central).
 scripts/rest-catalog.sh start "$WORK/rest" >"$WORK/rest.start.log" 2>&1 &
 rest_job=$!
+scripts/moto.sh start "$WORK/moto" >"$WORK/moto.start.log" 2>&1 &
+moto_job=$!
 
 # --- build ---------------------------------------------------------------------------------
 say "cargo build --locked --bins --tests (target dir $CARGO_TARGET_DIR)"
@@ -103,11 +111,21 @@ wait "$pg_job" || { pg_job=""; die "PostgreSQL did not start"; }
 pg_job=""
 wait "$rest_job" || { rest_job=""; die "the REST catalog did not start"; }
 rest_job=""
+wait "$moto_job" || { moto_job=""; die "moto did not start"; }
+moto_job=""
+FLOE_TEST_AWS="$(cat "$WORK/moto/endpoint")"
+FLOE_TEST_AWS_ACCESS_KEY_ID="$(cat "$WORK/moto/access_key_id")"
+FLOE_TEST_AWS_SECRET_ACCESS_KEY="$(cat "$WORK/moto/secret_access_key")"
+export FLOE_TEST_AWS FLOE_TEST_AWS_ACCESS_KEY_ID FLOE_TEST_AWS_SECRET_ACCESS_KEY
 FLOE_TEST_KAFKA="$(cat "$WORK/kafka/bootstrap")"
+FLOE_TEST_KAFKA_SASL_SSL="$(cat "$WORK/kafka/bootstrap_sasl_ssl")"
+FLOE_TEST_KAFKA_SSL="$(cat "$WORK/kafka/bootstrap_ssl")"
+FLOE_TEST_KAFKA_TLS="$WORK/kafka/tls"
+export FLOE_TEST_KAFKA_SASL_SSL FLOE_TEST_KAFKA_SSL FLOE_TEST_KAFKA_TLS
 FLOE_TEST_POSTGRES="$(cat "$WORK/pg/uri")"
 FLOE_TEST_REST="$(cat "$WORK/rest/uri")"
 export FLOE_TEST_KAFKA FLOE_TEST_POSTGRES FLOE_TEST_REST
-say "Kafka at $FLOE_TEST_KAFKA, PostgreSQL at $FLOE_TEST_POSTGRES, REST catalog at $FLOE_TEST_REST"
+say "Kafka at $FLOE_TEST_KAFKA, PostgreSQL at $FLOE_TEST_POSTGRES, REST catalog at $FLOE_TEST_REST, moto at $FLOE_TEST_AWS"
 
 # --- tests: both suites run even if the first fails -----------------------------------------
 rust_status="skipped" py_status="skipped" failed=0

@@ -76,6 +76,12 @@ pub struct Config {
     /// Data checks on the committed rows (`[[checks]]`, one table per check).
     #[serde(default)]
     pub checks: Vec<CheckConfig>,
+    /// Object storage settings (S3, GCS, ADLS) for table files.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// AWS settings shared by S3, Glue and Secrets Manager.
+    #[serde(default)]
+    pub aws: AwsConfig,
 }
 
 /// `[decode]`: how a record's JSON value becomes a row. Without the section, the whole value is
@@ -417,6 +423,78 @@ impl CheckConfig {
         }
         Ok(())
     }
+}
+
+
+/// AWS settings shared by every AWS client floe makes (S3 storage, Secrets Manager). Credentials
+/// come from the standard AWS chain (environment, shared config/credentials files with `profile`,
+/// web identity, ECS or EC2 instance role) unless static keys are given under `[storage.s3]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// e.g. "eu-west-1"; unset: the chain's (`AWS_REGION`, the profile's `region`).
+    pub region: Option<String>,
+    /// A named profile of the shared config files (`~/.aws/config`, `~/.aws/credentials`).
+    pub profile: Option<String>,
+    /// One endpoint for every AWS API (an emulator, a VPC endpoint); each service's own setting wins.
+    pub endpoint: Option<String>,
+}
+
+/// Settings of the object stores table files live on, chosen by each location's scheme:
+/// `s3://` (also `s3a://`, `s3n://`), `gs://`, `abfss://` / `wasbs://`; `file://` (or a plain path)
+/// is the local file system.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default)]
+    pub s3: S3Storage,
+    #[serde(default)]
+    pub gcs: GcsStorage,
+    #[serde(default)]
+    pub adls: AdlsStorage,
+}
+
+/// `[storage.s3]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct S3Storage {
+    /// S3-compatible endpoint, e.g. "http://127.0.0.1:9000"; default: `aws.endpoint`, else AWS S3.
+    pub endpoint: Option<String>,
+    /// Default: `aws.region`, else the credential chain's region.
+    pub region: Option<String>,
+    /// `http://endpoint/bucket/key` instead of `http://bucket.endpoint/key` (most S3-compatible stores).
+    #[serde(default)]
+    pub path_style_access: bool,
+    /// Static keys instead of the credential chain (use `${ENV}` or a secret reference).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<crate::secrets::Secret>,
+    pub session_token: Option<crate::secrets::Secret>,
+}
+
+/// `[storage.gcs]` (the iceberg crate's `gcs.*` FileIO properties).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GcsStorage {
+    /// Service account key JSON (the content, not a path).
+    pub credentials_json: Option<crate::secrets::Secret>,
+    /// An OAuth2 access token.
+    pub token: Option<crate::secrets::Secret>,
+    /// Endpoint, e.g. an emulator's "http://127.0.0.1:4443".
+    pub endpoint: Option<String>,
+    pub project_id: Option<String>,
+}
+
+/// `[storage.adls]` (the iceberg crate's `adls.*` FileIO properties).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdlsStorage {
+    pub account_name: Option<String>,
+    pub account_key: Option<crate::secrets::Secret>,
+    pub sas_token: Option<crate::secrets::Secret>,
+    pub tenant_id: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<crate::secrets::Secret>,
+    pub authority_host: Option<String>,
 }
 
 /// How the loader treats the table's schema.
@@ -840,11 +918,20 @@ impl Config {
     /// Reads and validates a configuration file. `env` looks up environment variables for
     /// `${NAME}` interpolation.
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        Config::load_with_secrets(path, env, &crate::secrets::Resolved::new())
+    }
+
+    /// [`Config::load`] with the secrets the file references already fetched.
+    pub fn load_with_secrets(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        secrets: &crate::secrets::Resolved,
+    ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Config::parse(&text, &path.display().to_string(), env)?;
+        let mut config = Config::parse_with_secrets(&text, &path.display().to_string(), env, secrets)?;
         // Relative paths in the file are relative to the file, not to wherever floe was started.
         if config.data_dir.is_relative()
             && let Some(dir) = path.parent()
@@ -859,21 +946,37 @@ impl Config {
         Config::parse("", "<defaults>", &|_| None).expect("the empty configuration is valid")
     }
 
-    /// Parses configuration text; `origin` names it in errors.
+    /// Parses configuration text; `origin` names it in errors. A secret reference is an error
+    /// here: files with references are read by [`crate::secrets::load_config`].
     pub fn parse(
         text: &str,
         origin: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut value: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: origin.to_owned(),
-            message: e.to_string(),
-        })?;
-        interpolate_table(&mut value, "", origin, env)?;
-        let config = Config::deserialize(value).map_err(|e| ConfigError::Syntax {
+        let empty = crate::secrets::Resolved::new();
+        let config = Config::parse_with_secrets(text, origin, env, &empty)?;
+        Ok(config)
+    }
+
+    /// Parses configuration text with the secrets its references name already fetched.
+    pub fn parse_with_secrets(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        secrets: &crate::secrets::Resolved,
+    ) -> Result<Config, ConfigError> {
+        let mut value = parse_toml(text, origin)?;
+        let mut i = Interpolation { origin, env, secrets: Some(secrets), found: Vec::new(), secret_paths: Vec::new() };
+        i.table(&mut value, "")?;
+        let mut config = Config::deserialize(value).map_err(|e| ConfigError::Syntax {
             path: origin.to_owned(),
             message: with_suggestion(&e.to_string()),
         })?;
+        for path in &i.secret_paths {
+            if let Some(key) = path.strip_prefix("kafka.") {
+                config.kafka.mark_secret(key);
+            }
+        }
         config.validate(origin)?;
         Ok(config)
     }
@@ -908,6 +1011,9 @@ impl Config {
             )));
         }
         self.catalog.validate().map_err(invalid)?;
+        if let Some(w) = &self.catalog.warehouse {
+            crate::storage::check_scheme(&location_uri(w)).map_err(|m| invalid(format!("catalog.warehouse: {m}")))?;
+        }
         if let Some(name) = &self.catalog.name
             && name.trim().is_empty()
         {
@@ -1023,7 +1129,7 @@ pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
 
 /// Turns a local path into a `file://` URI (made absolute); leaves URIs with a scheme alone.
 pub fn location_uri(raw: &str) -> String {
-    if raw.contains("://") {
+    if raw.contains("://") || crate::storage::looks_like_uri(raw) {
         return raw.trim_end_matches('/').to_owned();
     }
     let path = Path::new(raw);
@@ -1177,9 +1283,10 @@ impl fmt::Display for TableName {
 }
 
 /// librdkafka client properties as the user wrote them. Printing them redacts secrets.
+/// The second field holds the keys whose value came from a secret reference.
 #[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]
-pub struct KafkaProperties(BTreeMap<String, KafkaValue>);
+pub struct KafkaProperties(BTreeMap<String, KafkaValue>, #[serde(skip)] std::collections::BTreeSet<String>);
 
 /// librdkafka accepts strings; TOML users will also write numbers and booleans.
 #[derive(Clone, Deserialize)]
@@ -1237,6 +1344,11 @@ impl KafkaProperties {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_string()))
     }
 
+    /// Redacts a property whose value came from a secret, whatever its name.
+    pub fn mark_secret(&mut self, key: &str) {
+        self.1.insert(key.to_owned());
+    }
+
     /// Sets a property (used for command-line overrides such as `--brokers`).
     pub fn set(&mut self, key: &str, value: &str) {
         self.0.insert(key.to_owned(), KafkaValue::Str(value.to_owned()));
@@ -1278,7 +1390,7 @@ impl fmt::Debug for KafkaProperties {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut map = f.debug_map();
         for (k, v) in &self.0 {
-            if KafkaProperties::is_secret(k) {
+            if KafkaProperties::is_secret(k) || self.1.contains(k) {
                 map.entry(k, &"***");
             } else {
                 map.entry(k, &v.as_string());
@@ -1288,43 +1400,114 @@ impl fmt::Debug for KafkaProperties {
     }
 }
 
-/// Replaces `${NAME}` in every string of the table (recursively).
-fn interpolate_table(
-    table: &mut toml::Table,
-    prefix: &str,
-    origin: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
-    for (key, value) in table.iter_mut() {
-        let path = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        interpolate_value(value, &path, origin, env)?;
-    }
-    Ok(())
+/// What `${...}` is replaced with: environment variables, and (once fetched) secrets.
+struct Interpolation<'a> {
+    origin: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    /// None: secret references are collected into `found` and left in place.
+    secrets: Option<&'a crate::secrets::Resolved>,
+    found: Vec<crate::secrets::SecretRef>,
+    /// Keys (dotted paths) whose value received a secret.
+    secret_paths: Vec<String>,
 }
 
-fn interpolate_value(
-    value: &mut toml::Value,
-    path: &str,
-    origin: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
-    match value {
-        toml::Value::String(s) => {
-            *s = interpolate_str(s, path, origin, env)?;
+impl Interpolation<'_> {
+    /// Replaces `${NAME}` in every string of the table (recursively).
+    fn table(&mut self, table: &mut toml::Table, prefix: &str) -> Result<(), ConfigError> {
+        for (key, value) in table.iter_mut() {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            self.value(value, &path)?;
         }
-        toml::Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                interpolate_value(item, &format!("{path}[{i}]"), origin, env)?;
+        Ok(())
+    }
+
+    fn value(&mut self, value: &mut toml::Value, path: &str) -> Result<(), ConfigError> {
+        match value {
+            toml::Value::String(s) => {
+                *s = self.string(s, path)?;
+            }
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    self.value(item, &format!("{path}[{i}]"))?;
+                }
+            }
+            toml::Value::Table(t) => self.table(t, path)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `${NAME}` becomes the variable's value, `${aws-secretsmanager:id#field}` the secret's;
+    /// `$${` stays a literal `${`.
+    fn string(&mut self, s: &str, key: &str) -> Result<String, ConfigError> {
+        let origin = self.origin;
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(pos) = rest.find('$') {
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos + 1..];
+            if let Some(tail) = after.strip_prefix("${") {
+                out.push_str("${");
+                rest = tail;
+            } else if let Some(tail) = after.strip_prefix('{') {
+                let end = tail.find('}').ok_or_else(|| ConfigError::Invalid {
+                    path: origin.to_owned(),
+                    message: format!("`{key}`: unterminated ${{...}} in {s:?}"),
+                })?;
+                let var = &tail[..end];
+                if let Some(inner) = var.strip_prefix(crate::secrets::SECRETS_MANAGER_PREFIX) {
+                    let r = crate::secrets::SecretRef::parse(inner).map_err(|m| ConfigError::Invalid {
+                        path: origin.to_owned(),
+                        message: format!("`{key}`: {m}"),
+                    })?;
+                    match self.secrets {
+                        None => {
+                            out.push_str("${");
+                            out.push_str(var);
+                            out.push('}');
+                            self.found.push(r);
+                        }
+                        Some(resolved) => {
+                            let value = resolved.get(&r).ok_or_else(|| ConfigError::Invalid {
+                                path: origin.to_owned(),
+                                message: format!("`{key}`: {r} was not fetched"),
+                            })?;
+                            out.push_str(value.expose());
+                            self.secret_paths.push(key.to_owned());
+                        }
+                    }
+                    rest = &tail[end + 1..];
+                    continue;
+                }
+                if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(ConfigError::Invalid {
+                        path: origin.to_owned(),
+                        message: format!(
+                            "`{key}`: ${{{var}}} is neither an environment variable name nor a secret reference \
+                             (${{{}<secret id>#<field>}})",
+                            crate::secrets::SECRETS_MANAGER_PREFIX
+                        ),
+                    });
+                }
+                let value = (self.env)(var).ok_or_else(|| ConfigError::MissingEnv {
+                    path: origin.to_owned(),
+                    key: key.to_owned(),
+                    var: var.to_owned(),
+                })?;
+                out.push_str(&value);
+                rest = &tail[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
             }
         }
-        toml::Value::Table(t) => interpolate_table(t, path, origin, env)?,
-        _ => {}
+        out.push_str(rest);
+        Ok(out)
     }
-    Ok(())
 }
 
 /// `${NAME}` becomes the variable's value; `$${` stays a literal `${`.
@@ -1334,40 +1517,50 @@ pub fn interpolate_str(
     origin: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, ConfigError> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(tail) = after.strip_prefix("${") {
-            out.push_str("${");
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix('{') {
-            let end = tail.find('}').ok_or_else(|| ConfigError::Invalid {
-                path: origin.to_owned(),
-                message: format!("`{key}`: unterminated ${{...}} in {s:?}"),
-            })?;
-            let var = &tail[..end];
-            if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(ConfigError::Invalid {
-                    path: origin.to_owned(),
-                    message: format!("`{key}`: ${{{var}}} is not an environment variable name"),
-                });
-            }
-            let value = env(var).ok_or_else(|| ConfigError::MissingEnv {
-                path: origin.to_owned(),
-                key: key.to_owned(),
-                var: var.to_owned(),
-            })?;
-            out.push_str(&value);
-            rest = &tail[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
+    let mut i = Interpolation { origin, env, secrets: None, found: Vec::new(), secret_paths: Vec::new() };
+    i.string(s, key)
+}
+
+fn parse_toml(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+        path: origin.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// The secret references in a configuration text, each once.
+pub fn secret_refs(text: &str, origin: &str) -> Result<Vec<crate::secrets::SecretRef>, ConfigError> {
+    let mut value = parse_toml(text, origin)?;
+    // Environment variables do not matter here: only where secrets are referenced.
+    let any = |_: &str| Some(String::new());
+    let mut i = Interpolation { origin, env: &any, secrets: None, found: Vec::new(), secret_paths: Vec::new() };
+    i.table(&mut value, "")?;
+    let mut found = i.found;
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
+/// The `[aws]` section alone (environment variables interpolated), which says how to reach
+/// Secrets Manager; it may not itself reference secrets.
+pub fn aws_section(text: &str, origin: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<AwsConfig, ConfigError> {
+    let value = parse_toml(text, origin)?;
+    let Some(aws) = value.get("aws") else {
+        return Ok(AwsConfig::default());
+    };
+    let mut aws = aws.clone();
+    let mut i = Interpolation { origin, env, secrets: None, found: Vec::new(), secret_paths: Vec::new() };
+    i.value(&mut aws, "aws")?;
+    if !i.found.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: origin.to_owned(),
+            message: "[aws] says how to reach AWS Secrets Manager, so it cannot reference secrets itself; use ${ENV} there".into(),
+        });
     }
-    out.push_str(rest);
-    Ok(out)
+    AwsConfig::deserialize(aws).map_err(|e| ConfigError::Syntax {
+        path: origin.to_owned(),
+        message: with_suggestion(&e.to_string()),
+    })
 }
 
 /// serde names an unknown field and the valid ones; add the nearest valid one.
@@ -1661,6 +1854,60 @@ mod tests {
         let e = err("[kafka]\n\"sasl.password\" = \"${NOPE}\"\n");
         assert!(e.contains("NOPE"), "{e}");
         assert!(e.contains("kafka.sasl.password"), "{e}");
+    }
+
+    #[test]
+    fn secret_references() {
+        let text = r#"
+            [aws]
+            region = "eu-west-1"
+            endpoint = "${AWS_EP}"
+            [kafka]
+            "sasl.username" = "${aws-secretsmanager:prod/kafka#apiKey}"
+            "sasl.password" = "${aws-secretsmanager:prod/kafka#apiSecret}"
+            "client.id" = "floe-${aws-secretsmanager:other}"
+        "#;
+        let refs = secret_refs(text, "t").unwrap();
+        let names: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            names,
+            ["secret \"other\"", "secret \"prod/kafka\" field \"apiKey\"", "secret \"prod/kafka\" field \"apiSecret\""]
+        );
+        let aws = aws_section(text, "t", &|n| (n == "AWS_EP").then(|| "http://127.0.0.1:1".into())).unwrap();
+        assert_eq!(aws.endpoint.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(aws.region.as_deref(), Some("eu-west-1"));
+        // Without the values, a reference is an error (the binary fetches them first).
+        assert!(Config::parse(text, "t", &|_| Some("x".into())).is_err());
+        let mut resolved = crate::secrets::Resolved::new();
+        for (r, v) in refs.iter().zip(["o", "bob", "bob-secret"]) {
+            resolved.insert(r.clone(), crate::secrets::Secret::new(v));
+        }
+        let c = Config::parse_with_secrets(text, "t", &|_| Some("x".into()), &resolved).unwrap();
+        assert_eq!(c.kafka.get("sasl.username"), Some("bob"));
+        assert_eq!(c.kafka.get("client.id"), Some("floe-o"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("bob") && !shown.contains("floe-o"), "{shown}");
+        let e = aws_section("[aws]\nprofile = \"${aws-secretsmanager:x}\"\n", "t", &|_| None).unwrap_err();
+        assert!(e.to_string().contains("cannot reference secrets"), "{e}");
+        let e = secret_refs("[kafka]\n\"a\" = \"${aws-secretsmanager:#f}\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("names no secret"), "{e}");
+    }
+
+    #[test]
+    fn storage_sections_and_locations() {
+        let c = parse(
+            "[catalog]\nwarehouse = \"s3://bucket/w/\"\n[storage.s3]\nendpoint = \"http://127.0.0.1:9000\"\n\
+             path_style_access = true\nsecret_access_key = \"${KAFKA_PASSWORD}\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.warehouse(), "s3://bucket/w");
+        assert!(c.storage.s3.path_style_access);
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let e = err("[catalog]\nwarehouse = \"s3:/bucket/w\"\n");
+        assert!(e.contains("catalog.warehouse") && e.contains("s3://<bucket>"), "{e}");
+        let e = err("[catalog]\nwarehouse = \"hdfs://nn/w\"\n");
+        assert!(e.contains("\"hdfs\""), "{e}");
+        assert!(err("[storage.s3]\npath_style = true\n").contains("path_style_access"));
     }
 
     #[test]

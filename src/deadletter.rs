@@ -394,6 +394,11 @@ impl TableDeadLetters {
         // record depends on it.
         let loaded = catalog.load(&name).await.map_err(|e| setup(e.to_string()))?;
         crate::table::check_writable(&loaded.metadata).map_err(setup)?;
+        catalog
+            .storage()
+            .check_writable(loaded.metadata.location())
+            .await
+            .map_err(|e| setup(e.to_string()))?;
         Ok(TableDeadLetters {
             engine: CommitEngine::new(catalog.clone(), name),
             pipeline: pipeline.to_owned(),

@@ -5,6 +5,7 @@
 //! `main.rs` only parses the command line and calls in here.
 
 pub mod alter;
+pub mod aws;
 pub mod catalog;
 pub mod checks;
 pub mod commit;
@@ -23,8 +24,10 @@ pub mod progress;
 pub mod query;
 pub mod replay;
 pub mod sample;
+pub mod secrets;
 pub mod source;
 pub mod status;
+pub mod storage;
 pub mod table;
 pub mod telemetry;
 pub mod write;

@@ -44,6 +44,8 @@ pub enum LoadError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Kafka(#[from] crate::kafka::KafkaError),
+    #[error("table {table}: {error}")]
+    Storage { table: String, error: crate::storage::StorageError },
     #[error(transparent)]
     Commit(#[from] CommitError),
     #[error("writing data files: {0}")]
@@ -300,10 +302,29 @@ impl Loader {
         let table: TableName = config.table_name().map_err(LoadError::Config)?;
         let catalog = Catalog::open(&config).await?;
         // Fails with "table ... does not exist ... create it with `floe table create`".
-        let loaded = catalog.load(&table).await?;
+        let loaded = match catalog.load(&table).await {
+            Ok(t) => t,
+            Err(e) => {
+                // Storage that failed to give the metadata file: say why (credentials, bucket)
+                // rather than the store's raw answer.
+                if let CatalogError::Metadata { location, .. } = &e
+                    && let Some((root, _)) = location.rsplit_once("/metadata/")
+                    && let Err(error) = catalog.storage().check_writable(root).await
+                {
+                    return Err(LoadError::Storage { table: table.to_string(), error });
+                }
+                return Err(e.into());
+            }
+        };
         // A table floe cannot append to (format v1, v3) is refused now, before any file is written.
         crate::table::check_writable(&loaded.metadata)
             .map_err(|message| CatalogError::Unsupported { table: table.to_string(), message })?;
+        // Storage that cannot be written is refused before anything is read or written.
+        catalog
+            .storage()
+            .check_writable(loaded.metadata.location())
+            .await
+            .map_err(|error| LoadError::Storage { table: table.to_string(), error })?;
         // The reshaping and metadata columns must fit the table: checked now, before any record.
         build_decoder(loaded.metadata.current_schema(), &config, &table).map_err(LoadError::Config)?;
         let checks = Checks::compile(&config.checks, loaded.metadata.current_schema())

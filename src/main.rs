@@ -327,11 +327,12 @@ impl From<ConfigError> for Failure {
     }
 }
 
-fn load_config(cli: &Cli) -> Result<Config, Failure> {
+async fn load_config(cli: &Cli) -> Result<Config, Failure> {
     let env = |name: &str| std::env::var(name).ok();
+    // Secret references (`${aws-secretsmanager:...}`) are fetched here, once.
     let mut config = match &cli.config {
-        Some(path) => Config::load(path, &env)?,
-        None if std::path::Path::new("floe.toml").exists() => Config::load("floe.toml".as_ref(), &env)?,
+        Some(path) => floe::secrets::load_config(path, &env).await?,
+        None if std::path::Path::new("floe.toml").exists() => floe::secrets::load_config("floe.toml".as_ref(), &env).await?,
         None => Config::defaults(),
     };
     if let Some(dir) = &cli.data_dir {
@@ -341,7 +342,7 @@ fn load_config(cli: &Cli) -> Result<Config, Failure> {
 }
 
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
-    let config = load_config(&cli)?;
+    let config = load_config(&cli).await?;
     tracing::debug!(?config, "configuration loaded");
     match cli.command {
         Command::Table(cmd) => table_command(&config, cmd).await,

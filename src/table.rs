@@ -27,6 +27,8 @@ pub enum TableError {
     Catalog(#[from] CatalogError),
     #[error("cannot build table metadata for {table}: {message}")]
     Metadata { table: String, message: String },
+    #[error("table {table}: {error}")]
+    Storage { table: String, error: crate::storage::StorageError },
 }
 
 /// What `create` did.
@@ -61,6 +63,13 @@ pub async fn create_from_sql(catalog: &Catalog, sql: &str) -> Result<Created, Ta
             message,
         },
     })?;
+    // Refused now, before anything is written: an unsupported scheme, a missing bucket, rejected
+    // credentials.
+    catalog
+        .storage()
+        .check_writable(metadata.location())
+        .await
+        .map_err(|error| TableError::Storage { table: name.to_string(), error })?;
     match catalog.create(&name, metadata).await {
         Ok(t) => Ok(Created::New(t)),
         // Lost a race with another creator: IF NOT EXISTS is satisfied all the same.

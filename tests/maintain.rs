@@ -445,7 +445,8 @@ async fn remove_orphans_deletes_only_old_unreferenced_files() {
     assert!(short.unwrap_err().to_string().contains("too short"));
 
     let dry = remove_orphans(&fx.engine, &OrphanOptions { older_than: Duration::from_secs(3 * 86_400), dry_run: true }).await.unwrap();
-    assert_eq!(dry.orphans, { let mut v = orphan_old.to_vec(); v.sort(); v }, "{dry}");
+    let expected: Vec<String> = { let mut v: Vec<String> = orphan_old.iter().map(|p| format!("file://{}", p.display())).collect(); v.sort(); v };
+    assert_eq!(dry.orphans, expected, "{dry}");
     assert_eq!(files_under(&dir).len(), files_before);
 
     let r = remove_orphans(&fx.engine, &OrphanOptions { older_than: Duration::from_secs(3 * 86_400), dry_run: false }).await.unwrap();

@@ -148,6 +148,14 @@ impl Catalog {
         }
     }
 
+    /// The object store the tables' files are on, with its checks (see [`crate::storage`]).
+    pub fn storage(&self) -> &crate::storage::Storage {
+        match self {
+            Catalog::Sql(c) => c.storage(),
+            Catalog::Rest(c) => c.storage(),
+        }
+    }
+
     /// Whether a commit is conditioned on the whole base metadata (table properties included).
     /// A SQL catalog swaps whole metadata files, so it is. A REST catalog's requirements cannot
     /// assert a property, so a commit that changes floe's ledger must also move `main` (whose

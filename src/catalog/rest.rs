@@ -80,7 +80,7 @@ struct Inner {
     name: String,
     auth: Auth,
     headers: reqwest::header::HeaderMap,
-    file_io: FileIO,
+    storage: crate::storage::Storage,
 }
 
 /// A REST catalog client.
@@ -140,7 +140,7 @@ impl RestCatalog {
                 name: config.catalog_name().to_owned(),
                 auth,
                 headers,
-                file_io: super::local_file_io(),
+                storage: crate::storage::Storage::from_config(config).await,
             }),
         };
         let mut path = "v1/config".to_owned();
@@ -173,7 +173,11 @@ impl RestCatalog {
     }
 
     pub fn file_io(&self) -> &FileIO {
-        &self.inner.file_io
+        self.inner.storage.file_io()
+    }
+
+    pub fn storage(&self) -> &crate::storage::Storage {
+        &self.inner.storage
     }
 
     /// The server chooses new tables' locations (under its warehouse).

@@ -21,6 +21,7 @@ use sqlx::{AnyPool, Row};
 
 use super::{CatalogError, LoadedTable, Swap};
 use crate::config::{CatalogUri, Config, TableName};
+use crate::storage::Storage;
 
 const TABLES: &str = "iceberg_tables";
 const NAMESPACE_PROPERTIES: &str = "iceberg_namespace_properties";
@@ -44,7 +45,7 @@ pub struct SqlCatalog {
     name: String,
     uri: CatalogUri,
     warehouse: String,
-    file_io: FileIO,
+    storage: Storage,
     dollar_params: bool,
     layout: Layout,
     /// The metadata this catalog last committed for each table, with its location (see
@@ -71,10 +72,21 @@ impl std::fmt::Debug for SqlCatalog {
 impl SqlCatalog {
     /// Connects to the configured catalog and creates its two tables if they are missing.
     pub async fn open(config: &Config) -> Result<SqlCatalog, CatalogError> {
-        Self::connect(config.catalog_uri(), config.catalog_name(), &config.warehouse()).await
+        let storage = Storage::from_config(config).await;
+        Self::connect_with(config.catalog_uri(), config.catalog_name(), &config.warehouse(), storage).await
     }
 
+    /// A catalog whose tables are on local storage.
     pub async fn connect(uri: CatalogUri, name: &str, warehouse: &str) -> Result<SqlCatalog, CatalogError> {
+        Self::connect_with(uri, name, warehouse, Storage::local()).await
+    }
+
+    pub async fn connect_with(
+        uri: CatalogUri,
+        name: &str,
+        warehouse: &str,
+        storage: Storage,
+    ) -> Result<SqlCatalog, CatalogError> {
         install_default_drivers();
         let unavailable = |e: &dyn std::fmt::Display| CatalogError::Unavailable {
             uri: uri.to_string(),
@@ -130,13 +142,12 @@ impl SqlCatalog {
                  writes it as it is, `floe catalog migrate` upgrades it"
             );
         }
-        let file_io = super::local_file_io();
         Ok(SqlCatalog {
             pool,
             name: name.to_owned(),
             uri,
             warehouse: warehouse.trim_end_matches('/').to_owned(),
-            file_io,
+            storage,
             dollar_params,
             layout,
             recent: Arc::default(),
@@ -186,7 +197,11 @@ impl SqlCatalog {
     }
 
     pub fn file_io(&self) -> &FileIO {
-        &self.file_io
+        self.storage.file_io()
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     /// The default location of a new table: `<warehouse>/<namespace parts>/<table>`.
@@ -356,7 +371,7 @@ impl SqlCatalog {
         if let Some(metadata) = self.recent(table, &location) {
             return Ok(LoadedTable { name: table.clone(), metadata_location: location, metadata });
         }
-        let metadata = super::read_metadata(&self.file_io, table, &location).await?;
+        let metadata = super::read_metadata(self.file_io(), table, &location).await?;
         Ok(LoadedTable {
             name: table.clone(),
             metadata_location: location,
@@ -371,7 +386,7 @@ impl SqlCatalog {
             return Err(self.already_exists(table));
         }
         let location = MetadataLocation::new_with_metadata(metadata.location(), &metadata);
-        super::write_metadata(&self.file_io, table, &metadata, &location).await?;
+        super::write_metadata(self.file_io(), table, &metadata, &location).await?;
         let location = location.to_string();
         let insert = match self.layout {
             Layout::V0 => format!(
@@ -400,7 +415,7 @@ impl SqlCatalog {
             }),
             Err(e) => {
                 // Nobody will ever reference the file we wrote.
-                let _ = self.file_io.delete(&location).await;
+                let _ = self.file_io().delete(&location).await;
                 if is_unique_violation(&e) {
                     Err(self.already_exists(table))
                 } else {
@@ -424,7 +439,7 @@ impl SqlCatalog {
     pub async fn commit(&self, base: &LoadedTable, metadata: TableMetadata) -> Result<Swap, CatalogError> {
         let table = &base.name;
         let next = super::next_metadata_location(base, &metadata)?;
-        super::write_metadata(&self.file_io, table, &metadata, &next).await?;
+        super::write_metadata(self.file_io(), table, &metadata, &next).await?;
         let next = next.to_string();
         let updated = sqlx::query(&self.sql(&format!(
             "UPDATE {TABLES} SET metadata_location = ?, previous_metadata_location = ?
@@ -449,7 +464,7 @@ impl SqlCatalog {
                 }))
             }
             Ok(_) => {
-                let _ = self.file_io.delete(&next).await;
+                let _ = self.file_io().delete(&next).await;
                 Ok(Swap::Conflict)
             }
             // The outcome is unknown (the update may have been applied before the connection

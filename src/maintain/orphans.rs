@@ -12,7 +12,6 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::expire::Reach;
@@ -54,7 +53,7 @@ pub struct OrphanReport {
     /// Files listed under data/ and metadata/.
     pub listed: usize,
     /// Unreferenced files old enough to delete.
-    pub orphans: Vec<PathBuf>,
+    pub orphans: Vec<String>,
     /// Unreferenced files younger than the threshold (left alone).
     pub too_young: usize,
     pub failed: usize,
@@ -73,7 +72,7 @@ impl fmt::Display for OrphanReport {
         )?;
         if self.dry_run {
             for p in &self.orphans {
-                writeln!(f, "  {}", p.display())?;
+                writeln!(f, "  {p}")?;
             }
         }
         if self.failed > 0 {
@@ -108,28 +107,24 @@ async fn remove_orphans_inner(
     let name = table.name.to_string();
     check_age(opts.older_than, "remove-orphans --older-than").map_err(|m| MaintainError::invalid(&name, m))?;
     let m = &table.metadata;
-    let root = local_path(m.location()).ok_or_else(|| {
-        MaintainError::invalid(&name, format!("table location {} is not local storage; remove-orphans lists local (file://) storage only", m.location()))
-    })?;
+    let root = m.location().trim_end_matches('/').to_owned();
+    let storage = engine.catalog().storage();
     // Listed first, references read after: a file committed in between is then referenced.
     let cutoff = SystemTime::now() - opts.older_than;
-    let mut listed: Vec<(PathBuf, SystemTime)> = Vec::new();
+    let mut listed: Vec<(String, SystemTime)> = Vec::new();
     for dir in ["data", "metadata"] {
-        let d = root.join(dir);
-        let out = tokio::task::spawn_blocking(move || walk(&d))
+        let out = storage
+            .list(&format!("{root}/{dir}"))
             .await
-            .map_err(|e| MaintainError::io(&name, "listing", m.location(), e))?
             .map_err(|e| MaintainError::io(&name, "listing", m.location(), e))?;
         listed.extend(out);
     }
     let table = engine.load().await?;
     let m = &table.metadata;
     let io = engine.catalog().file_io();
-    let mut referenced: HashSet<PathBuf> = HashSet::new();
+    let mut referenced: HashSet<String> = HashSet::new();
     let mut add = |loc: &str| {
-        if let Some(p) = local_path(loc) {
-            referenced.insert(p);
-        }
+        referenced.insert(normalize(loc));
     };
     add(&table.metadata_location);
     for entry in m.metadata_log() {
@@ -149,7 +144,7 @@ async fn remove_orphans_inner(
     }
     let mut report = OrphanReport { table: name.clone(), dry_run: opts.dry_run, listed: listed.len(), ..Default::default() };
     for (path, mtime) in listed {
-        if referenced.contains(&path) || path.file_name().is_some_and(|n| n == "version-hint.text") {
+        if referenced.contains(&normalize(&path)) || path.ends_with("/version-hint.text") {
             continue;
         }
         if mtime > cutoff {
@@ -162,8 +157,8 @@ async fn remove_orphans_inner(
     if !opts.dry_run {
         progress.set_total(report.orphans.len() as u64);
         for p in &report.orphans {
-            if let Err(e) = tokio::fs::remove_file(p).await {
-                tracing::warn!(file = %p.display(), error = %e, "could not delete an orphan file");
+            if let Err(e) = io.delete(p).await {
+                tracing::warn!(file = %p, error = %e, "could not delete an orphan file");
                 report.failed += 1;
             }
             progress.inc(1);
@@ -173,25 +168,16 @@ async fn remove_orphans_inner(
     Ok(report)
 }
 
-/// Every regular file under `dir` with its modification time (none if `dir` does not exist).
-fn walk(dir: &Path) -> std::io::Result<Vec<(PathBuf, SystemTime)>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let entries = match std::fs::read_dir(&d) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let ty = entry.file_type()?;
-            if ty.is_dir() {
-                stack.push(entry.path());
-            } else if ty.is_file() {
-                out.push((entry.path(), entry.metadata()?.modified()?));
-            }
+/// One spelling per file: `file:/a` and `file:///a` are the same local file; `s3a://` and
+/// `s3n://` name the same object as `s3://`.
+fn normalize(location: &str) -> String {
+    if let Some(p) = local_path(location) {
+        return format!("file://{}", p.display());
+    }
+    for alias in ["s3a://", "s3n://"] {
+        if let Some(rest) = location.strip_prefix(alias) {
+            return format!("s3://{rest}");
         }
     }
-    Ok(out)
+    location.to_owned()
 }

@@ -4,6 +4,8 @@ scripts/test.sh exports what these need:
   FLOE_BIN            path to the floe binary under test
   FLOE_TEST_POSTGRES  postgresql://floe:floe@127.0.0.1:<port>/floe (a throwaway server)
   FLOE_TEST_KAFKA     127.0.0.1:<port> (a throwaway broker)
+  FLOE_TEST_AWS       http://127.0.0.1:<port> (moto: S3, Glue, Secrets Manager), with the one key it
+                      accepts in FLOE_TEST_AWS_ACCESS_KEY_ID / FLOE_TEST_AWS_SECRET_ACCESS_KEY
 Nothing is skipped when one is missing: the test fails and says what to set.
 """
 
@@ -144,14 +146,71 @@ def procs():
         print("killed processes left running by the test: " + "; ".join(leftovers))
 
 
+@dataclass
+class AwsEnv:
+    """The test's AWS emulator (moto, scripts/moto.sh): its endpoint and the one key it accepts."""
+
+    endpoint: str
+    access_key_id: str
+    secret_access_key: str
+    region: str = "us-east-1"
+
+    def client(self, service: str, **overrides):
+        import boto3
+
+        kw = dict(endpoint_url=self.endpoint, region_name=self.region, aws_access_key_id=self.access_key_id,
+                  aws_secret_access_key=self.secret_access_key)
+        kw.update(overrides)
+        return boto3.client(service, **kw)
+
+    def new_bucket(self, prefix: str = "floe-test") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.client("s3").create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """Every object key in the bucket (under prefix), listed by boto3."""
+        s3 = self.client("s3")
+        out: list[str] = []
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            out += [o["Key"] for o in page.get("Contents", [])]
+        return out
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """Environment for a floe process: credentials through the standard chain (variables)."""
+        env = dict(os.environ)
+        env.update({"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+                    "AWS_REGION": self.region, "AWS_EC2_METADATA_DISABLED": "true", "NO_COLOR": "1"})
+        env.update(overrides)
+        return env
+
+    def pyiceberg_props(self) -> dict[str, str]:
+        return {"s3.endpoint": self.endpoint, "s3.access-key-id": self.access_key_id,
+                "s3.secret-access-key": self.secret_access_key, "s3.region": self.region}
+
+    def storage_toml(self) -> str:
+        """floe's `[aws]` (one endpoint for S3 and Secrets Manager) and `[storage.s3]` for the emulator;
+        credentials come from the environment."""
+        return (f"[aws]\nregion = \"{self.region}\"\nendpoint = \"{self.endpoint}\"\n\n"
+                "[storage.s3]\npath_style_access = true\n")
+
+
+@pytest.fixture(scope="session")
+def aws() -> AwsEnv:
+    return AwsEnv(required_env("FLOE_TEST_AWS"), required_env("FLOE_TEST_AWS_ACCESS_KEY_ID"),
+                  required_env("FLOE_TEST_AWS_SECRET_ACCESS_KEY"))
+
+
 def duckdb_connect() -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the iceberg and avro extensions loaded from their PyPI packages
     (no download at run time: autoinstall and autoload are off)."""
     import duckdb_extension_avro
+    import duckdb_extension_httpfs
     import duckdb_extension_iceberg
 
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    for module, name in ((duckdb_extension_avro, "avro"), (duckdb_extension_iceberg, "iceberg")):
+    for module, name in ((duckdb_extension_avro, "avro"), (duckdb_extension_httpfs, "httpfs"),
+                         (duckdb_extension_iceberg, "iceberg")):
         pattern = os.path.join(os.path.dirname(module.__file__), "extensions", "*", f"{name}.duckdb_extension")
         found = glob.glob(pattern)
         if not found:

@@ -425,7 +425,7 @@ class Publisher:
         try:
             with open(err_path, "w") as err:
                 proc = p.procs.add(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
-                                                    stdin=subprocess.DEVNULL, env=child_env()))
+                                                    stdin=subprocess.DEVNULL, env=p.env()))
                 assert proc.stdout is not None
                 for line in proc.stdout:
                     i = len(self.result.ids)
@@ -493,7 +493,8 @@ class Pipeline:
     """One topic, one consumer group (= pipeline), one table, in a fresh data dir."""
 
     def __init__(self, root: Path, floe_bin: str, bootstrap: str, procs: Processes,
-                 catalog: CatalogSpec | None = None, prefix: str = "floe") -> None:
+                 catalog: CatalogSpec | None = None, prefix: str = "floe", aws=None,
+                 warehouse: str | None = None) -> None:
         self.dir = root
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
@@ -508,6 +509,10 @@ class Pipeline:
         # One REST catalog serves the whole test run: each pipeline's table gets its own namespace.
         self.table_name = (f"{self.group.replace('-', '_')}.events" if self.catalog_spec.kind == "rest"
                            else EVENTS_TABLE)
+        # Object storage: `aws` (conftest.AwsEnv) and a warehouse URI such as s3://bucket/w.
+        self.aws = aws
+        self.warehouse_uri = warehouse
+        self.extra_toml = ""
         self.config = root / "floe.toml"
         self._catalog = None
         self._loaders = 0
@@ -524,10 +529,14 @@ class Pipeline:
         lines = [f"data_dir = {toml_str(str(self.data_dir))}", "", "[catalog]", f"name = {toml_str(c.name)}"]
         if c.kind == "postgres":
             assert c.pg_uri
-            lines += [f"uri = {toml_str(c.pg_uri)}", f"warehouse = {toml_str(str(self.warehouse))}"]
+            lines += [f"uri = {toml_str(c.pg_uri)}"]
+            if not self.warehouse_uri:
+                lines += [f"warehouse = {toml_str(str(self.warehouse))}"]
         elif c.kind == "rest":
             assert c.rest_uri
             lines += ['type = "rest"', f"uri = {toml_str(c.rest_uri)}"]
+        if self.warehouse_uri:
+            lines += [f"warehouse = {toml_str(self.warehouse_uri)}"]
         props: dict[str, object] = {
             "bootstrap.servers": bootstrap or self.bootstrap,
             "group.id": self.group,
@@ -547,14 +556,25 @@ class Pipeline:
             lines += ["", "[dead_letter]"] + [f"{k} = {toml_value(v)}" for k, v in dead_letter.items()]
         if schema:
             lines += ["", "[schema]"] + [f"{k} = {toml_value(v)}" for k, v in schema.items()]
+        if self.aws is not None:
+            lines += ["", self.aws.storage_toml()]
+        if self.extra_toml:
+            lines += ["", self.extra_toml]
         if extra:
             lines += ["", extra.strip()]
         self.config.write_text("\n".join(lines) + "\n")
 
+    def env(self) -> dict[str, str]:
+        """The environment of floe processes (with AWS credentials when the pipeline has storage)."""
+        env = child_env()
+        if self.aws is not None:
+            env = {**env, **self.aws.env()}
+        return env
+
     def floe(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         cmd = [self.floe_bin, "--config", str(self.config), *args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, env=child_env())
+                              stdin=subprocess.DEVNULL, env=self.env())
 
     def create_table(self, ddl: str = EVENTS_DDL) -> None:
         if self.table_name != EVENTS_TABLE:
@@ -583,7 +603,7 @@ class Pipeline:
         cmd = [self.floe_bin, "--config", str(config or self.config), "--log", log, "run"]
         with open(log_path, "w") as f:
             popen = self.procs.add(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
-                                                    stdin=subprocess.DEVNULL, env=child_env()))
+                                                    stdin=subprocess.DEVNULL, env=self.env()))
         return FloeProcess(name, popen, log_path)
 
     # reading back (pyiceberg, independent of floe)
@@ -601,7 +621,8 @@ class Pipeline:
             else:
                 assert c.pg_uri
                 uri = "postgresql+psycopg2://" + c.pg_uri[len("postgresql://"):]
-            self._catalog = SqlCatalog(c.name, uri=uri, warehouse=self.warehouse.as_uri())
+            props = self.aws.pyiceberg_props() if self.aws is not None else {}
+            self._catalog = SqlCatalog(c.name, uri=uri, warehouse=self.warehouse_uri or self.warehouse.as_uri(), **props)
         return self._catalog
 
     def table(self):
