@@ -28,6 +28,7 @@
 //!   more than 3,600 commits old (give or take the one in flight), as the real default would at one commit a second;
 //! - orphan removal's age floor (3 days) is not scaled: no file is old enough on either clock in
 //!   the first day, so it lists the warehouse and deletes nothing, as it would in a real first day.
+//!
 //! A maintenance task that takes d seconds of wall-clock time sees d / (time per commit) commits
 //! go by instead of d: harsher than the real thing, since more appends race each of its commits.
 //!

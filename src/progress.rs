@@ -127,7 +127,7 @@ impl Progress {
     fn line(&self, s: &State) {
         let secs = s.started.elapsed().as_secs_f64();
         let rate = if secs > 0.0 { s.done as f64 / secs } else { 0.0 };
-        let percent = if s.total > 0 { s.done.min(s.total) * 100 / s.total } else { 100 };
+        let percent = (s.done.min(s.total) * 100).checked_div(s.total).unwrap_or(100);
         tracing::info!(
             task = %self.task,
             done = s.done,

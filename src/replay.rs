@@ -605,7 +605,7 @@ impl fmt::Display for ListReport {
         }
         let source = |l: &Listed| format!("{}/{}:{}", l.letter.topic, l.letter.partition, l.letter.offset);
         let w = self.letters.iter().map(|l| source(l).len()).max().unwrap_or(6).max(6);
-        writeln!(f, "{:<w$}  {:<16}  {:<24}  {:<11}  {}", "SOURCE", "KIND", "TIME", "STATE", "REASON  |  VALUE")?;
+        writeln!(f, "{:<w$}  {:<16}  {:<24}  {:<11}  REASON  |  VALUE", "SOURCE", "KIND", "TIME", "STATE")?;
         for l in &self.letters {
             let now = match &l.state {
                 State::Fails { now_reason, .. } => format!("now: {now_reason}"),

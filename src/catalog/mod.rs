@@ -86,7 +86,7 @@ pub enum Swap {
     /// The new metadata is now current: the table as the catalog now has it (for a REST catalog,
     /// the metadata the server wrote, which may differ from what floe built in what the server
     /// adds: timestamps, the metadata log).
-    Done(LoadedTable),
+    Done(Box<LoadedTable>),
     /// Someone else committed first: the base is no longer current. Nothing was changed.
     Conflict,
 }
@@ -102,7 +102,7 @@ pub struct LoadedTable {
 /// One catalog, whichever kind the configuration names.
 #[derive(Clone, Debug)]
 pub enum Catalog {
-    Sql(SqlCatalog),
+    Sql(Box<SqlCatalog>),
     Rest(RestCatalog),
 }
 
@@ -110,7 +110,7 @@ impl Catalog {
     /// Connects to the configured catalog (`[catalog] type`, SQL by default).
     pub async fn open(config: &Config) -> Result<Catalog, CatalogError> {
         match config.catalog.kind {
-            CatalogKind::Sql => Ok(Catalog::Sql(SqlCatalog::open(config).await?)),
+            CatalogKind::Sql => Ok(Catalog::Sql(Box::new(SqlCatalog::open(config).await?))),
             CatalogKind::Rest => Ok(Catalog::Rest(RestCatalog::open(config).await?)),
             CatalogKind::Glue => Err(CatalogError::Rejected {
                 uri: "glue".into(),
@@ -121,7 +121,7 @@ impl Catalog {
 
     /// Connects to a SQL catalog (SQLite or PostgreSQL) directly.
     pub async fn connect(uri: CatalogUri, name: &str, warehouse: &str) -> Result<Catalog, CatalogError> {
-        Ok(Catalog::Sql(SqlCatalog::connect(uri, name, warehouse).await?))
+        Ok(Catalog::Sql(Box::new(SqlCatalog::connect(uri, name, warehouse).await?)))
     }
 
     /// The catalog's name (the SQL catalog's `catalog_name`, the REST catalog's warehouse).

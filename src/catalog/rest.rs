@@ -481,7 +481,7 @@ impl RestCatalog {
             "updates": updates,
         });
         match self.call(Method::POST, &self.table_path(table), Some(&request)).await {
-            Ok((StatusCode::OK, body)) => Ok(Swap::Done(self.loaded(table, body)?)),
+            Ok((StatusCode::OK, body)) => Ok(Swap::Done(Box::new(self.loaded(table, body)?))),
             Ok((StatusCode::CONFLICT, _)) => Ok(Swap::Conflict),
             Ok((StatusCode::NOT_FOUND, _)) => Err(self.no_such_table(table)),
             Ok((status, body)) if status.is_server_error() => Err(CatalogError::Unavailable {

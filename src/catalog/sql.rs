@@ -457,11 +457,11 @@ impl SqlCatalog {
         match updated {
             Ok(r) if r.rows_affected() == 1 => {
                 self.remember(table, &next, &metadata);
-                Ok(Swap::Done(LoadedTable {
+                Ok(Swap::Done(Box::new(LoadedTable {
                     name: table.clone(),
                     metadata_location: next,
                     metadata,
-                }))
+                })))
             }
             Ok(_) => {
                 let _ = self.file_io().delete(&next).await;

@@ -297,7 +297,7 @@ impl StructCols {
 
     /// Whether some child got a value in the current object.
     pub fn seen_any(&self) -> bool {
-        self.seen.iter().any(|s| *s == self.stamp)
+        self.seen.contains(&self.stamp)
     }
 
     /// How many children got a value in the current object.
