@@ -108,16 +108,21 @@ impl std::fmt::Debug for Storage {
 
 impl Storage {
     /// Local files only (tests, and catalogs whose tables are all local).
+    ///
+    /// Through the iceberg crate's own local file system, not OpenDAL's: OpenDAL retries an
+    /// operation that fails with "not a directory" as temporary (for seconds, with backoff), which
+    /// a failed local write's clean-up then waits out on every attempt.
     pub fn local() -> Storage {
-        Storage {
-            file_io: FileIOBuilder::new(Arc::new(OpenDalResolvingStorageFactory::new())).build(),
-            s3: None,
-        }
+        Storage { file_io: FileIOBuilder::new(Arc::new(iceberg::io::LocalFsStorageFactory)).build(), s3: None }
     }
 
     /// Storage for every scheme, with the configuration's `[storage]` and `[aws]` settings.
     pub async fn from_config(config: &Config) -> Storage {
         let warehouse = config.warehouse();
+        if crate::maintain::local_path(&warehouse).is_some() && !object_store_configured(config) {
+            // A local warehouse and no object-store settings: tables are local files.
+            return Storage::local();
+        }
         let uses_s3 = ["s3://", "s3a://", "s3n://"].iter().any(|p| warehouse.starts_with(p));
         Storage::new(&config.storage, &config.aws, uses_s3).await
     }
@@ -450,4 +455,20 @@ mod tests {
         assert!(!looks_like_uri("data/warehouse"));
         assert!(!looks_like_uri("C:/x"));
     }
+}
+
+/// Whether the configuration says anything about an object store (S3, GCS, ADLS or AWS), so that
+/// tables placed there by their own `LOCATION` can be reached even with a local warehouse.
+fn object_store_configured(config: &Config) -> bool {
+    let (s3, g, a, aws) = (&config.storage.s3, &config.storage.gcs, &config.storage.adls, &config.aws);
+    s3.endpoint.is_some()
+        || s3.region.is_some()
+        || s3.access_key_id.is_some()
+        || g.credentials_json.is_some()
+        || g.token.is_some()
+        || g.endpoint.is_some()
+        || a.account_name.is_some()
+        || aws.endpoint.is_some()
+        || aws.region.is_some()
+        || aws.profile.is_some()
 }

@@ -65,11 +65,14 @@ pub async fn create_from_sql(catalog: &Catalog, sql: &str) -> Result<Created, Ta
     })?;
     // Refused now, before anything is written: an unsupported scheme, a missing bucket, rejected
     // credentials.
-    catalog
-        .storage()
-        .check_writable(metadata.location())
-        .await
-        .map_err(|error| TableError::Storage { table: name.to_string(), error })?;
+    // (A REST catalog chooses the location itself; `floe run` checks the table's real one.)
+    if metadata.location() != crate::catalog::rest::SERVER_CHOOSES {
+        catalog
+            .storage()
+            .check_writable(metadata.location())
+            .await
+            .map_err(|error| TableError::Storage { table: name.to_string(), error })?;
+    }
     match catalog.create(&name, metadata).await {
         Ok(t) => Ok(Created::New(t)),
         // Lost a race with another creator: IF NOT EXISTS is satisfied all the same.

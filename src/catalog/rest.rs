@@ -48,7 +48,7 @@ pub const FENCED_PROPERTY_PREFIXES: [&str; 2] =
 
 /// The location given to floe's table builder for a new table whose `CREATE TABLE` names none.
 /// It is never sent: the server chooses the location.
-const SERVER_CHOOSES: &str = "floe-rest:/server-chooses";
+pub const SERVER_CHOOSES: &str = "floe-rest:/server-chooses";
 
 /// How long to wait for a TCP connection: an unreachable catalog is reported within seconds.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

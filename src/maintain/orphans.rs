@@ -109,6 +109,7 @@ async fn remove_orphans_inner(
     let m = &table.metadata;
     let root = m.location().trim_end_matches('/').to_owned();
     let storage = engine.catalog().storage();
+    let bare_root = !root.contains(':');
     // Listed first, references read after: a file committed in between is then referenced.
     let cutoff = SystemTime::now() - opts.older_than;
     let mut listed: Vec<(String, SystemTime)> = Vec::new();
@@ -117,7 +118,12 @@ async fn remove_orphans_inner(
             .list(&format!("{root}/{dir}"))
             .await
             .map_err(|e| MaintainError::io(&name, "listing", m.location(), e))?;
-        listed.extend(out);
+        // Reported (and deleted) in the spelling of the table's own location: a table at a bare
+        // local path gets bare paths back, not the `file://` URIs the store lists.
+        listed.extend(out.into_iter().map(|(path, mtime)| match path.strip_prefix("file://") {
+            Some(bare) if bare_root => (bare.to_owned(), mtime),
+            _ => (path, mtime),
+        }));
     }
     let table = engine.load().await?;
     let m = &table.metadata;
