@@ -436,6 +436,22 @@ fn walk(dir: &std::path::Path) -> std::io::Result<Vec<(std::path::PathBuf, Syste
     Ok(out)
 }
 
+/// Whether the configuration says anything about an object store (S3, GCS, ADLS or AWS), so that
+/// tables placed there by their own `LOCATION` can be reached even with a local warehouse.
+fn object_store_configured(config: &Config) -> bool {
+    let (s3, g, a, aws) = (&config.storage.s3, &config.storage.gcs, &config.storage.adls, &config.aws);
+    s3.endpoint.is_some()
+        || s3.region.is_some()
+        || s3.access_key_id.is_some()
+        || g.credentials_json.is_some()
+        || g.token.is_some()
+        || g.endpoint.is_some()
+        || a.account_name.is_some()
+        || aws.endpoint.is_some()
+        || aws.region.is_some()
+        || aws.profile.is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,20 +471,4 @@ mod tests {
         assert!(!looks_like_uri("data/warehouse"));
         assert!(!looks_like_uri("C:/x"));
     }
-}
-
-/// Whether the configuration says anything about an object store (S3, GCS, ADLS or AWS), so that
-/// tables placed there by their own `LOCATION` can be reached even with a local warehouse.
-fn object_store_configured(config: &Config) -> bool {
-    let (s3, g, a, aws) = (&config.storage.s3, &config.storage.gcs, &config.storage.adls, &config.aws);
-    s3.endpoint.is_some()
-        || s3.region.is_some()
-        || s3.access_key_id.is_some()
-        || g.credentials_json.is_some()
-        || g.token.is_some()
-        || g.endpoint.is_some()
-        || a.account_name.is_some()
-        || aws.endpoint.is_some()
-        || aws.region.is_some()
-        || aws.profile.is_some()
 }
