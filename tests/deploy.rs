@@ -42,24 +42,9 @@ fn configmap_toml(yaml: &str) -> String {
     out
 }
 
-/// Parses a deployment config. The examples configure `[http] listen` (the health and readiness
-/// endpoints the probes call); until this build of floe knows `[http]`, that section alone is
-/// checked here and the rest is given to floe.
-fn parse(text: &str, origin: &str) -> (Config, Option<String>) {
-    match Config::parse(text, origin, &env) {
-        Ok(c) => (c, None),
-        Err(e) if e.to_string().contains("unknown field `http`") => {
-            let mut table: toml::Table = text.parse().expect("the config is TOML");
-            let http = table.remove("http").expect("an [http] section");
-            let http = http.as_table().expect("[http] is a table");
-            assert_eq!(http.len(), 1, "{origin}: [http] has only `listen`: {http:?}");
-            let listen = http["listen"].as_str().expect("http.listen is a string").to_owned();
-            let rest = toml::to_string(&table).unwrap();
-            let config = Config::parse(&rest, origin, &env).unwrap_or_else(|e| panic!("{origin}: {e}"));
-            (config, Some(listen))
-        }
-        Err(e) => panic!("{origin}: {e}"),
-    }
+/// Parses a deployment config as `floe` does.
+fn parse(text: &str, origin: &str) -> Config {
+    Config::parse(text, origin, &env).unwrap_or_else(|e| panic!("{origin}: {e}"))
 }
 
 #[test]
@@ -67,10 +52,8 @@ fn the_kubernetes_configmap_is_a_valid_floe_config() {
     let yaml = std::fs::read_to_string(deploy_dir().join("kubernetes.yaml")).unwrap();
     let text = configmap_toml(&yaml);
     assert!(text.contains("[kafka]"), "extracted:\n{text}");
-    let (c, listen) = parse(&text, "kubernetes.yaml ConfigMap floe-config");
-    if let Some(listen) = listen {
-        assert_eq!(listen, "0.0.0.0:9100", "the probes call port 9100 on every interface");
-    }
+    let c = parse(&text, "kubernetes.yaml ConfigMap floe-config");
+    assert_eq!(c.http.listen.as_deref(), Some("0.0.0.0:9100"), "the probes call port 9100 on every interface");
     assert_eq!(c.pipeline_name(), Some("events-loader"));
     assert_eq!(c.source.topics, vec!["events"]);
     assert_eq!(c.table_name().unwrap().to_string(), "analytics.events");
@@ -93,10 +76,9 @@ fn the_kubernetes_configmap_is_a_valid_floe_config() {
 fn the_systemd_config_is_a_valid_floe_config() {
     let path = deploy_dir().join("floe.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let (c, listen) = parse(&text, "docs/deploy/floe.toml");
-    if let Some(listen) = listen {
-        assert!(listen.parse::<std::net::SocketAddr>().is_ok(), "{listen}");
-    }
+    let c = parse(&text, "docs/deploy/floe.toml");
+    let listen = c.http.listen.as_deref().expect("the unit's config sets [http] listen");
+    assert!(listen.parse::<std::net::SocketAddr>().is_ok(), "{listen}");
     assert_eq!(c.data_dir, PathBuf::from("/var/lib/floe"), "the unit's StateDirectory");
     assert_eq!(c.kafka.get("sasl.password"), Some("kafka-secret"));
     assert!(matches!(c.catalog_uri(), CatalogUri::Postgres(_)));

@@ -56,7 +56,7 @@ def test_pipeline_on_s3_under_sigkill(s3_pipeline, aws):
     while kills < 3 or not streaming.done():
         assert kills < 12, "production did not finish while the loaders were being killed"
         loader = p.start_loader(f"killed-{kills}")
-        time.sleep(2.0 + kills % 3)
+        time.sleep(2.0 + kills % 3)  # the moment of the kill, varied; not a wait for anything
         loader.assert_running(f"before SIGKILL {kills}")
         loader.sigkill()
         print(f"kill {kills}: {loader.count('batch committed')} commits in that run, table has {p.committed_rows()} rows")
