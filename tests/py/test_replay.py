@@ -33,6 +33,7 @@ from loader_harness import (
     unique,
     wait_until,
 )
+from test_dead_letters import wait_ledger
 
 DDL = EVENTS_DDL.replace("(id BIGINT,", "(id BIGINT NOT NULL, code BIGINT,")
 assert DDL != EVENTS_DDL
@@ -83,19 +84,6 @@ def pipeline_factory(tmp_path, floe_bin, kafka_bootstrap, procs):
         return Pipeline(tmp_path / name, floe_bin, kafka_bootstrap, procs, prefix=f"floe-{name}")
 
     return make
-
-
-def wait_ledger(p: Pipeline, ends: dict[int, int], alive, timeout: float = 60) -> None:
-    def check():
-        try:
-            got = p.ledger()
-        except Exception as e:  # noqa: BLE001 - a poll (SQLite briefly locked)
-            raise NotYet(repr(e)) from e
-        if got != ends:
-            raise NotYet(f"ledger {got}, topic ends {ends}")
-        return True
-
-    wait_until(f"the ledger to reach {ends}", check, timeout, interval=0.5, alive=alive)
 
 
 def polled(what: str, fn):
@@ -152,7 +140,7 @@ def test_replay_after_add_column_exactly_once_under_sigkill(pipeline_factory, de
     ends = p.end_offsets()
     loader = p.start_loader("first")
     p.wait_rows(GOOD, timeout=60, alive=[loader])
-    wait_ledger(p, ends, alive=[loader])
+    wait_ledger(p, ends, timeout=60, alive=[loader])
     loader.sigterm_ok()
     dead = FIXED + REFAILS + NOT_JSON
     assert dead_letter_count(p, destination, dlq_topic) == dead
@@ -215,7 +203,7 @@ def test_replay_after_add_column_exactly_once_under_sigkill(pipeline_factory, de
 
     streamed = streaming.join(timeout=60)
     p.wait_rows(GOOD + FIXED + STREAMED, timeout=90, alive=[loader])
-    wait_ledger(p, p.end_offsets(), alive=[loader])
+    wait_ledger(p, p.end_offsets(), timeout=60, alive=[loader])
     loader.sigterm_ok()
 
     table = p.table()
