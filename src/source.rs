@@ -134,6 +134,10 @@ pub enum Command {
     Seek(Vec<(TopicPartition, i64, Epoch)>),
     /// Commit these next-offsets to the consumer group (for lag monitoring only).
     CommitOffsets(Vec<(TopicPartition, i64)>),
+    /// Stop fetching every assigned partition (and those assigned later) until `Resume`; the
+    /// consumer keeps polling, so it stays in the group and answers rebalances.
+    Pause,
+    Resume,
     /// Leave the group and end the thread.
     Stop,
 }
@@ -183,6 +187,8 @@ impl TrackedPartitions {
 struct LoaderContext {
     events: mpsc::Sender<Event>,
     tracked: Mutex<TrackedPartitions>,
+    /// Whether the loader asked to pause: partitions assigned meanwhile start paused too.
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl LoaderContext {
@@ -284,6 +290,10 @@ impl ConsumerContext for LoaderContext {
                 };
                 if let Err(e) = result {
                     let _ = self.events.try_send(Event::Error(format!("assigning partitions: {e}")));
+                } else if self.paused.load(std::sync::atomic::Ordering::SeqCst)
+                    && let Err(e) = consumer.pause(&assign)
+                {
+                    let _ = self.events.try_send(Event::Error(format!("pausing assigned partitions: {e}")));
                 }
             }
             RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -364,6 +374,7 @@ pub fn spawn(
     let consumer: BaseConsumer<LoaderContext> = config.create_with_context(LoaderContext {
         events: events.clone(),
         tracked: Mutex::new(TrackedPartitions::default()),
+        paused: std::sync::atomic::AtomicBool::new(false),
     })?;
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
@@ -407,6 +418,16 @@ fn poll_loop(
                     if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
                         // Group offsets are only for lag monitoring; the table's ledger is the truth.
                         tracing::debug!(error = %e, "committing group offsets failed");
+                    }
+                }
+                Ok(command @ (Command::Pause | Command::Resume)) => {
+                    let pause = matches!(command, Command::Pause);
+                    consumer.context().paused.store(pause, std::sync::atomic::Ordering::SeqCst);
+                    let result = consumer.assignment().and_then(|assigned| {
+                        if pause { consumer.pause(&assigned) } else { consumer.resume(&assigned) }
+                    });
+                    if let Err(e) = result {
+                        let _ = events.blocking_send(Event::Error(format!("pausing or resuming consumption: {e}")));
                     }
                 }
                 Err(std_mpsc::TryRecvError::Empty) => break,
