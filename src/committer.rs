@@ -213,6 +213,7 @@ impl Committer {
                         files: staged.files.len(),
                         bytes: staged.files.iter().map(|f| f.file_size_in_bytes()).sum(),
                         snapshot_id,
+                        schema_id: schema.schema_id(),
                         attempts,
                         duration: sealed_at.elapsed(),
                         oldest_ms,

@@ -73,8 +73,8 @@ impl DeadLetter {
         let r = &self.record;
         let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
         std::mem::size_of::<DeadLetter>()
-            + r.key.as_ref().map_or(0, Vec::len)
-            + r.value.as_ref().map_or(0, Vec::len)
+            + r.key.as_ref().map_or(0, |k| k.len())
+            + r.value.as_ref().map_or(0, |v| v.len())
             + headers
     }
 
@@ -240,10 +240,10 @@ impl KafkaDeadLetters {
             }
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
             if let Some(k) = &r.key {
-                record = record.key(k.as_slice());
+                record = record.key(&k[..]);
             }
             if let Some(v) = &r.value {
-                record = record.payload(v.as_slice());
+                record = record.payload(&v[..]);
             }
             if let Some(ts) = r.timestamp {
                 record = record.timestamp(ts);

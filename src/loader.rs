@@ -755,7 +755,7 @@ impl State {
                 // Counted per partition once per handed-over batch, not per record.
                 let mut read: Vec<(Arc<str>, i32, u64, u64)> = Vec::new();
                 for r in &records {
-                    let bytes = r.value.as_ref().map_or(0, Vec::len) as u64;
+                    let bytes = r.value.as_ref().map_or(0, |v| v.len()) as u64;
                     match read.iter_mut().find(|(t, p, _, _)| *p == r.partition && **t == *r.topic) {
                         Some(entry) => {
                             entry.2 += 1;
@@ -767,8 +767,13 @@ impl State {
                 for (topic, partition, n, bytes) in read {
                     telemetry::records_read(&topic, partition, n, bytes);
                 }
+                // Records come in runs of one partition: its key is made once per run.
+                let mut tp = TopicPartition::new("", -1);
                 for r in records {
-                    self.record(r).await?;
+                    if tp.partition != r.partition || *tp.topic != *r.topic {
+                        tp = TopicPartition::new(&*r.topic, r.partition);
+                    }
+                    self.record(&tp, r).await?;
                 }
             }
             Event::LogEnds(ends) => {
@@ -982,9 +987,8 @@ impl State {
         self.partitions.get(tp).is_some_and(|p| p.epoch == epoch)
     }
 
-    async fn record(&mut self, r: Record) -> Result<(), LoadError> {
-        let tp = TopicPartition::new(&*r.topic, r.partition);
-        let Some(p) = self.partitions.get_mut(&tp) else {
+    async fn record(&mut self, tp: &TopicPartition, r: Record) -> Result<(), LoadError> {
+        let Some(p) = self.partitions.get_mut(tp) else {
             // Not ours (revoked, or from before an assignment): it will be read by its owner.
             return Ok(());
         };
@@ -1050,6 +1054,7 @@ impl State {
                 if !self.checks.is_empty() {
                     self.row_origins.push((r.topic.clone(), r.partition, r.offset));
                     if self.checks.dead_letters() {
+                        // A slice of the batch's buffer; copied only if a check sets it aside.
                         self.row_records.push(r.clone());
                     }
                 }
@@ -1057,7 +1062,7 @@ impl State {
             Err(error) if self.has_destination => {
                 // Set aside; its offset still advances (DESIGN.md §3).
                 self.report.dead_letters += 1;
-                let letter = DeadLetter { record: r.clone(), error };
+                let letter = DeadLetter { record: r.detached(), error };
                 self.dead_letter_bytes += letter.bytes();
                 self.dead_letters.push(letter);
             }
@@ -1218,7 +1223,7 @@ impl State {
                             f.name,
                             f.rule
                         );
-                        letters.push(DeadLetter { record: record.clone(), error: RecordError::check_failed(&f.column, message, origin) });
+                        letters.push(DeadLetter { record: record.detached(), error: RecordError::check_failed(&f.column, message, origin) });
                     }
                 }
             }

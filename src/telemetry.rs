@@ -86,6 +86,8 @@ pub struct Committed<'a> {
     pub files: usize,
     pub bytes: u64,
     pub snapshot_id: Option<i64>,
+    /// The schema the batch's rows were read and written with.
+    pub schema_id: i32,
     pub attempts: u32,
     pub duration: Duration,
     /// Kafka timestamp (ms) of the batch's oldest and newest record, when they carry one.
@@ -110,6 +112,7 @@ pub fn batch_committed(live: &Live, c: &Committed<'_>) {
         rows = c.rows,
         files = c.files,
         snapshot = ?c.snapshot_id,
+        schema = c.schema_id,
         attempts = c.attempts,
         millis = c.duration.as_millis() as u64,
         freshness_s = ?freshness,
@@ -522,6 +525,7 @@ mod tests {
             files: 1,
             bytes: 100,
             snapshot_id: Some(1),
+            schema_id: 0,
             attempts: 1,
             duration: Duration::from_millis(20),
             oldest_ms: Some(now_ms() - 2000),
