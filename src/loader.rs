@@ -997,11 +997,13 @@ impl State {
             return Ok(());
         }
         let raw = r.raw();
-        let ignored_before = self.decoder.ignored_fields();
+        let ignored_before = self.decoder.ignored_top_level_fields();
         let mut outcome = self.decoder.append_record(&raw);
         // A record whose fields are all new is evolution under auto_evolve, not a dead letter.
+        // Only a record with a top-level field the table lacks is parsed again to look for new
+        // columns (an ignored field of a nested object can never become one).
         let unmatched = matches!(&outcome, Err(e) if e.kind() == RecordErrorKind::NoMatchingFields);
-        let ignored = outcome.is_ok() && self.decoder.ignored_fields() > ignored_before;
+        let ignored = outcome.is_ok() && self.decoder.ignored_top_level_fields() > ignored_before;
         if self.evolve_budget > 0 && (ignored || unmatched) {
             let value = r.value.as_deref().unwrap_or(b"null");
             let new = match self.decoder.row_of(value) {
@@ -1022,12 +1024,16 @@ impl State {
                     }
                     self.add_columns(new, &tp, r.offset).await?;
                     outcome = self.decoder.append_record(&raw);
-                } else if !self.evolve_limit_logged {
-                    self.evolve_limit_logged = true;
-                    tracing::warn!(
-                        fields = ?new.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-                        "auto_evolve: schema.max_new_columns reached; further new fields are ignored"
-                    );
+                } else {
+                    // Further new fields are ignored: no record is parsed again for them.
+                    self.evolve_budget = 0;
+                    if !self.evolve_limit_logged {
+                        self.evolve_limit_logged = true;
+                        tracing::warn!(
+                            fields = ?new.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+                            "auto_evolve: schema.max_new_columns reached; further new fields are ignored"
+                        );
+                    }
                 }
             }
         }
