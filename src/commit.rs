@@ -109,12 +109,94 @@ pub trait Operation {
     fn committed(&mut self, new: &LoadedTable, attempts: u32) -> Self::Outcome;
 }
 
+/// How long the engine waits after losing the catalog swap before it tries again (DESIGN.md §7:
+/// many writers on one table contend only at the swap, and back off instead of thrashing it).
+///
+/// After the k-th conflict in a row the wait is uniformly random in `[0, ceiling(k)]` ("full
+/// jitter"): `ceiling(k) = min(cap, unit * 2^(k-1))`, where the unit is `first`, or, with
+/// `per_attempt`, the longer of `first` and how long the losing attempt took (load, check,
+/// build, swap). An attempt that takes 40 ms can be beaten by any writer whose attempt overlaps
+/// it; waiting up to one attempt's length lets the writers that just won finish before this one
+/// tries again, so N writers spread out instead of all building new metadata at once and all but
+/// one throwing it away. The cap keeps a writer that lost many times from sleeping longer than a
+/// commit interval; after `max_conflicts` in a row the commit fails with the transient
+/// [`CommitError::TooManyConflicts`] and the caller retries it later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConflictBackoff {
+    /// The ceiling of the first wait (and the smallest unit).
+    pub first: Duration,
+    /// No wait is longer than this.
+    pub cap: Duration,
+    /// Ceilings double at each conflict (else they grow by one unit each time).
+    pub doubling: bool,
+    /// The unit is at least the duration of the attempt that lost.
+    pub per_attempt: bool,
+    /// Conflicts in a row before the commit gives up (transiently).
+    pub max_conflicts: u32,
+}
+
+impl ConflictBackoff {
+    /// floe's policy.
+    pub const DEFAULT: ConflictBackoff = ConflictBackoff {
+        first: Duration::from_millis(10),
+        cap: Duration::from_secs(1),
+        doubling: true,
+        per_attempt: true,
+        max_conflicts: 50,
+    };
+    /// floe's policy until December 2026 (up to 10 ms more per conflict, at most 200 ms), kept so
+    /// that the contention benchmark (`examples/contention.rs`) can compare against it.
+    pub const LINEAR_200MS: ConflictBackoff = ConflictBackoff {
+        first: Duration::from_millis(10),
+        cap: Duration::from_millis(200),
+        doubling: false,
+        per_attempt: false,
+        max_conflicts: 50,
+    };
+    /// Retry at once: the stampede baseline of the contention benchmark.
+    pub const AT_ONCE: ConflictBackoff = ConflictBackoff {
+        first: Duration::ZERO,
+        cap: Duration::ZERO,
+        doubling: false,
+        per_attempt: false,
+        max_conflicts: 50,
+    };
+
+    /// The longest wait after the `conflicts`-th conflict in a row (1 for the first), when the
+    /// attempt that lost took `attempt`.
+    pub fn ceiling(&self, conflicts: u32, attempt: Duration) -> Duration {
+        let unit = if self.per_attempt { self.first.max(attempt) } else { self.first };
+        let steps = conflicts.max(1);
+        let grown = if self.doubling {
+            unit.saturating_mul(1u32 << (steps - 1).min(20))
+        } else {
+            unit.saturating_mul(steps)
+        };
+        grown.min(self.cap)
+    }
+
+    /// The wait after the `conflicts`-th conflict in a row: uniformly random up to the ceiling.
+    pub fn delay(&self, conflicts: u32, attempt: Duration, rng: &mut impl Rng) -> Duration {
+        let ceiling = self.ceiling(conflicts, attempt);
+        if ceiling.is_zero() {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(rng.random_range(0..=ceiling.as_micros() as u64))
+    }
+}
+
+impl Default for ConflictBackoff {
+    fn default() -> Self {
+        ConflictBackoff::DEFAULT
+    }
+}
+
 /// Runs operations against one table.
 #[derive(Clone, Debug)]
 pub struct CommitEngine {
     catalog: Catalog,
     table: TableName,
-    max_conflicts: u32,
+    backoff: ConflictBackoff,
     /// Whether metadata files that drop out of the metadata log are deleted when the table's
     /// `write.metadata.delete-after-commit.enabled` does not say.
     delete_old_metadata: bool,
@@ -125,7 +207,7 @@ impl CommitEngine {
         CommitEngine {
             catalog,
             table,
-            max_conflicts: 50,
+            backoff: ConflictBackoff::DEFAULT,
             delete_old_metadata: true,
         }
     }
@@ -136,6 +218,12 @@ impl CommitEngine {
     /// them, so that a table committed to every second does not keep every version it ever had.
     pub fn with_delete_old_metadata(mut self, delete: bool) -> Self {
         self.delete_old_metadata = delete;
+        self
+    }
+
+    /// How conflicts are retried (floe's default: [`ConflictBackoff::DEFAULT`]).
+    pub fn with_conflict_backoff(mut self, backoff: ConflictBackoff) -> Self {
+        self.backoff = backoff;
         self
     }
 
@@ -168,6 +256,7 @@ impl CommitEngine {
         let mut given = base;
         op.prepare(self.catalog.pins_properties());
         loop {
+            let attempt_started = std::time::Instant::now();
             let base = match given.take() {
                 Some(b) => b,
                 None => self.catalog.load(&self.table).await?,
@@ -187,18 +276,18 @@ impl CommitEngine {
                     return Ok((outcome, Some(new)));
                 }
                 Ok(Swap::Conflict) => {
+                    let attempt = attempt_started.elapsed();
                     crate::write::delete_files(self.catalog.file_io(), staged.attempt_files).await;
                     conflicts += 1;
                     crate::telemetry::commit_conflict(&self.table.to_string(), conflicts);
-                    if conflicts >= self.max_conflicts {
+                    if conflicts >= self.backoff.max_conflicts {
                         return Err(CommitError::TooManyConflicts {
                             table: self.table.to_string(),
                             attempts: conflicts,
                         });
                     }
-                    // A little jitter so that two writers racing in lockstep drift apart.
-                    let ms = rand::rng().random_range(0..(10 * conflicts.min(20) as u64 + 1));
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    let wait = self.backoff.delay(conflicts, attempt, &mut rand::rng());
+                    tokio::time::sleep(wait).await;
                 }
                 // The outcome is unknown: the attempt's files stay (they may be referenced now).
                 // The caller retries, and the operation's check recognises its own commit.
@@ -1113,6 +1202,68 @@ mod refs_only {
         }
         fn end(self) -> Result<(), Stop> {
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::ConflictBackoff;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn ceilings_double_from_the_first_and_stop_at_the_cap() {
+        let b = ConflictBackoff::DEFAULT;
+        let got: Vec<Duration> = (1..=10).map(|k| b.ceiling(k, Duration::ZERO)).collect();
+        let want: Vec<Duration> = [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000].map(|m| m * MS).to_vec();
+        assert_eq!(got, want);
+        // Far past the cap, no overflow.
+        assert_eq!(b.ceiling(u32::MAX, Duration::from_secs(3600)), b.cap);
+        // Conflict 0 is treated as the first.
+        assert_eq!(b.ceiling(0, Duration::ZERO), 10 * MS);
+    }
+
+    #[test]
+    fn the_unit_is_the_losing_attempt_when_it_took_longer() {
+        let b = ConflictBackoff::DEFAULT;
+        assert_eq!(b.ceiling(1, 45 * MS), 45 * MS);
+        assert_eq!(b.ceiling(3, 45 * MS), 180 * MS);
+        assert_eq!(b.ceiling(2, 3 * MS), 20 * MS, "a quicker attempt than `first` waits by `first`");
+        let fixed = ConflictBackoff { per_attempt: false, ..b };
+        assert_eq!(fixed.ceiling(3, 45 * MS), 40 * MS);
+    }
+
+    #[test]
+    fn the_old_policy_grows_linearly_and_at_once_never_waits() {
+        let old = ConflictBackoff::LINEAR_200MS;
+        let got: Vec<Duration> = [1, 2, 3, 19, 20, 21, 50].map(|k| old.ceiling(k, 500 * MS)).to_vec();
+        assert_eq!(got, [10, 20, 30, 190, 200, 200, 200].map(|m| m * MS).to_vec());
+        let mut rng = StdRng::seed_from_u64(7);
+        for k in 1..60 {
+            assert_eq!(ConflictBackoff::AT_ONCE.delay(k, 500 * MS, &mut rng), Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn delays_spread_over_the_whole_range_up_to_the_ceiling() {
+        let b = ConflictBackoff::DEFAULT;
+        let mut rng = StdRng::seed_from_u64(16);
+        for (k, attempt) in [(1, Duration::ZERO), (4, 30 * MS), (12, 5 * MS)] {
+            let ceiling = b.ceiling(k, attempt);
+            let waits: Vec<Duration> = (0..2000).map(|_| b.delay(k, attempt, &mut rng)).collect();
+            assert!(waits.iter().all(|w| *w <= ceiling), "a wait above {ceiling:?}");
+            let mean = waits.iter().sum::<Duration>() / waits.len() as u32;
+            // Full jitter: uniform on [0, ceiling], so the mean is about half the ceiling and
+            // both ends of the range occur (two writers that lost together retry apart).
+            assert!(mean > ceiling * 45 / 100 && mean < ceiling * 55 / 100, "mean {mean:?} for ceiling {ceiling:?}");
+            assert!(waits.iter().any(|w| *w < ceiling / 20), "no short wait for ceiling {ceiling:?}");
+            assert!(waits.iter().any(|w| *w > ceiling * 19 / 20), "no long wait for ceiling {ceiling:?}");
         }
     }
 }
