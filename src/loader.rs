@@ -545,7 +545,8 @@ struct State {
     last_commit: Instant,
     /// When Kafka started failing (logged once per episode).
     kafka_trouble: Option<Instant>,
-    /// Records of the current batch that can never be written, and the memory they hold.
+    /// Records of the current batch that can never be written, and the memory they hold (with
+    /// the records a `dead_letter` check keeps until the commit).
     dead_letters: Vec<DeadLetter>,
     dead_letter_bytes: usize,
     /// Whether dead letters have somewhere to go (else a bad record stops the pipeline).
@@ -1061,6 +1062,7 @@ impl State {
                     self.row_origins.push((r.topic.clone(), r.partition, r.offset));
                     if self.checks.dead_letters() {
                         // A slice of the batch's buffer; copied only if a check sets it aside.
+                        self.dead_letter_bytes += r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len());
                         self.row_records.push(r.clone());
                     }
                 }
