@@ -2019,6 +2019,28 @@ mod tests {
     }
 
     #[test]
+    fn glue_catalog_keys() {
+        let c = parse(
+            "[catalog]\ntype = \"glue\"\nwarehouse = \"s3://lake/w\"\nregion = \"eu-west-1\"\n\
+             catalog_id = \"123456789012\"\nendpoint = \"http://127.0.0.1:5000\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.catalog.kind, CatalogKind::Glue);
+        assert_eq!(c.catalog.catalog_id.as_deref(), Some("123456789012"));
+        assert_eq!(c.warehouse(), "s3://lake/w");
+        let e = err("[catalog]\ntype = \"glue\"\nuri = \"http://h\"\n");
+        assert!(e.contains("catalog.uri does not apply") && e.contains("catalog.endpoint"), "{e}");
+        let e = err("[catalog]\ntype = \"glue\"\ncatalog_id = \"prod\"\n");
+        assert!(e.contains("AWS account id"), "{e}");
+        let e = err("[catalog]\ntype = \"glue\"\nendpoint = \"localhost:5000\"\n");
+        assert!(e.contains("catalog.endpoint"), "{e}");
+        let e = err("[catalog]\nregion = \"eu-west-1\"\n");
+        assert!(e.contains("catalog.region applies only to an AWS Glue catalog"), "{e}");
+        let e = err("[catalog]\ntype = \"glue\"\ntoken = \"t\"\n");
+        assert!(e.contains("catalog.token applies only to a REST catalog"), "{e}");
+    }
+
+    #[test]
     fn bad_catalog_uri_and_table_name() {
         let e = err("[catalog]\nuri = \"mysql://x\"\n");
         assert!(e.contains("catalog.uri"), "{e}");
