@@ -7,6 +7,9 @@
 #   scripts/moto.sh start DIR   start it; prints http://127.0.0.1:<port> (also written to DIR/endpoint);
 #                               the accepted key is DIR/access_key_id and DIR/secret_access_key
 #   scripts/moto.sh stop DIR    stop it
+#
+# It runs moto through scripts/moto/floe_moto.py, which makes Glue's UpdateTable honour VersionId as
+# the Glue API documents it (moto 5.2 ignores it; see that file): floe's Glue commit is conditioned on it.
 set -euo pipefail
 
 START_TIMEOUT="${FLOE_MOTO_START_TIMEOUT:-60}"
@@ -38,7 +41,7 @@ start() {
   port="$(free_port)"
   # The first 3 requests (the IAM calls below) are let through without a key; every later one must be
   # signed with the key they create.
-  INITIAL_NO_AUTH_ACTION_COUNT=3 setsid "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 </dev/null &
+  INITIAL_NO_AUTH_ACTION_COUNT=3 setsid "$venv/bin/python" "$REPO/scripts/moto/floe_moto.py" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 </dev/null &
   echo $! >"$dir/pid"
   local endpoint="http://127.0.0.1:$port"
   local deadline=$((SECONDS + START_TIMEOUT))

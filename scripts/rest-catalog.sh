@@ -13,6 +13,13 @@
 #                                              http://127.0.0.1:<port> (also written to DIR/uri)
 #   scripts/rest-catalog.sh stop DIR           stop the server started in DIR
 #
+# WAREHOUSE may be s3://bucket/prefix: then FLOE_REST_CATALOG_PROPERTIES (one key=value a line) must
+# give the server its S3FileIO settings (io-impl=org.apache.iceberg.aws.s3.S3FileIO, s3.endpoint,
+# s3.path-style-access, s3.access-key-id, s3.secret-access-key, client.region). Authentication, for
+# testing clients: FLOE_REST_OAUTH_CLIENT=id:secret (serves /v1/oauth/tokens and requires the tokens it
+# issues), FLOE_REST_TOKEN=<token> (a bearer token it accepts), FLOE_REST_REQUIRE_HEADER=Name=value
+# (every request must carry it). See rest-catalog/FloeRestCatalog.java.
+#
 # Starting takes about 3 s once fetched (JVM start and Jetty).
 set -euo pipefail
 
@@ -23,7 +30,9 @@ HADOOP_VERSION=3.4.1
 SLF4J_VERSION=2.0.17
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LAUNCHER_SRC="$HERE/rest-catalog/FloeRestCatalog.java"
-CACHE="${FLOE_CACHE:-$HOME/.cache/floe}/rest-catalog-$ICEBERG_VERSION"
+# "-aws": the jar set with iceberg-aws (S3FileIO); a directory of its own, so servers started from
+# checkouts with the older jar set keep theirs.
+CACHE="${FLOE_CACHE:-$HOME/.cache/floe}/rest-catalog-$ICEBERG_VERSION-aws"
 M2_REPO="${FLOE_M2_REPO:-$HOME/.m2/repository}"
 START_TIMEOUT="${FLOE_REST_START_TIMEOUT:-60}"
 STOP_TIMEOUT="${FLOE_REST_STOP_TIMEOUT:-15}"
@@ -38,23 +47,16 @@ fetch() {
   flock 9
   local stamp
   stamp="$(sha256sum "$LAUNCHER_SRC" | cut -c1-16)"
-  if [[ -f "$CACHE/lib/.complete" && -f "$CACHE/classes/.complete-$stamp" ]]; then
-    exec 9>&-
-    return 0
-  fi
-  need java "install a JDK (apt-get install -y openjdk-17-jdk-headless)"
-  need javac "install a JDK (apt-get install -y openjdk-17-jdk-headless)"
-  if [[ ! -f "$CACHE/lib/.complete" ]]; then
-    need mvn "install Maven (apt-get install -y maven)"
-    log "downloading Iceberg $ICEBERG_VERSION's REST catalog and its dependencies from Maven Central (first run only)..."
-    local t0=$SECONDS pom="$CACHE/pom.xml"
-    cat >"$pom" <<EOF
+  local pom_text
+  pom_text="$(cat <<EOF
 <project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>floe.test</groupId><artifactId>rest-catalog</artifactId><version>1</version>
   <dependencies>
     <dependency><groupId>org.apache.iceberg</groupId><artifactId>iceberg-core</artifactId><version>$ICEBERG_VERSION</version></dependency>
     <dependency><groupId>org.apache.iceberg</groupId><artifactId>iceberg-core</artifactId><version>$ICEBERG_VERSION</version><classifier>tests</classifier></dependency>
+    <dependency><groupId>org.apache.iceberg</groupId><artifactId>iceberg-aws</artifactId><version>$ICEBERG_VERSION</version></dependency>
+    <dependency><groupId>org.apache.iceberg</groupId><artifactId>iceberg-aws-bundle</artifactId><version>$ICEBERG_VERSION</version></dependency>
     <dependency><groupId>org.eclipse.jetty</groupId><artifactId>jetty-servlet</artifactId><version>$JETTY_VERSION</version></dependency>
     <dependency><groupId>org.xerial</groupId><artifactId>sqlite-jdbc</artifactId><version>$SQLITE_JDBC_VERSION</version></dependency>
     <dependency><groupId>org.apache.hadoop</groupId><artifactId>hadoop-client-api</artifactId><version>$HADOOP_VERSION</version></dependency>
@@ -63,13 +65,28 @@ fetch() {
   </dependencies>
 </project>
 EOF
+)"
+  # The jars are fetched again when the dependency list changes.
+  local deps
+  deps="$(printf '%s' "$pom_text" | sha256sum | cut -c1-16)"
+  if [[ -f "$CACHE/lib/.complete-$deps" && -f "$CACHE/classes/.complete-$stamp" ]]; then
+    exec 9>&-
+    return 0
+  fi
+  need java "install a JDK (apt-get install -y openjdk-17-jdk-headless)"
+  need javac "install a JDK (apt-get install -y openjdk-17-jdk-headless)"
+  if [[ ! -f "$CACHE/lib/.complete-$deps" ]]; then
+    need mvn "install Maven (apt-get install -y maven)"
+    log "downloading Iceberg $ICEBERG_VERSION's REST catalog and its dependencies from Maven Central (first run only)..."
+    local t0=$SECONDS pom="$CACHE/pom.xml"
+    printf '%s\n' "$pom_text" >"$pom"
     rm -rf "$CACHE/lib.tmp"
     if ! mvn -B -q -f "$pom" -Dmaven.repo.local="$M2_REPO" dependency:copy-dependencies \
         -DoutputDirectory="$CACHE/lib.tmp" >"$CACHE/mvn.log" 2>&1; then
       tail -n 20 "$CACHE/mvn.log" >&2
       die "mvn could not download the REST catalog's jars (log: $CACHE/mvn.log)"
     fi
-    date -u +%FT%TZ >"$CACHE/lib.tmp/.complete"
+    date -u +%FT%TZ >"$CACHE/lib.tmp/.complete-$deps"
     rm -rf "$CACHE/lib"
     mv "$CACHE/lib.tmp" "$CACHE/lib"
     log "jars in $CACHE/lib ($(du -sm "$CACHE/lib" | cut -f1) MiB, $((SECONDS - t0)) s)"
@@ -98,13 +115,15 @@ start() {
   fi
   fetch
   [[ -n $warehouse ]] || warehouse="$dir/warehouse"
-  mkdir -p "${warehouse#file://}"
-  warehouse="$(cd "${warehouse#file://}" && pwd)"
+  if [[ $warehouse != s3://* ]]; then
+    mkdir -p "${warehouse#file://}"
+    warehouse="file://$(cd "${warehouse#file://}" && pwd)"
+  fi
   rm -f "$dir/uri" "$dir/port"
   local t0=$SECONDS
   # setsid: the server outlives this script, in its own process group.
   setsid java -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp "$CACHE/classes:$CACHE/lib/*" FloeRestCatalog \
-    127.0.0.1 0 "file://$warehouse" "$dir/catalog.db" "$dir/port" >"$dir/server.log" 2>&1 </dev/null &
+    127.0.0.1 0 "$warehouse" "$dir/catalog.db" "$dir/port" >"$dir/server.log" 2>&1 </dev/null &
   local pid=$!
   echo "$pid" >"$dir/server.pid"
   local deadline=$((SECONDS + START_TIMEOUT))

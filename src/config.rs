@@ -691,8 +691,8 @@ fn default_data_dir() -> PathBuf {
 #[derive(Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogConfig {
-    /// Catalog kind: `sql` (default: SQLite or PostgreSQL in the JDBC layout) or `rest` (an
-    /// Iceberg REST catalog).
+    /// Catalog kind: `sql` (default: SQLite or PostgreSQL in the JDBC layout), `rest` (an
+    /// Iceberg REST catalog) or `glue` (AWS Glue Data Catalog).
     #[serde(default, rename = "type")]
     pub kind: CatalogKind,
     /// SQL: `sqlite:<path>` or `postgresql://user:password@host:port/db`. Default: the SQLite
@@ -701,9 +701,15 @@ pub struct CatalogConfig {
     pub uri: Option<String>,
     /// The catalog name stored in every row (Trino's `iceberg.jdbc-catalog.catalog-name`).
     pub name: Option<String>,
-    /// SQL: root of new tables' locations. Default: `<data_dir>/warehouse`. REST: the warehouse
-    /// the server is asked for (`GET /v1/config?warehouse=`); the server chooses locations.
+    /// SQL and Glue: root of new tables' locations. Default: `<data_dir>/warehouse`. REST: the
+    /// warehouse the server is asked for (`GET /v1/config?warehouse=`); the server chooses locations.
     pub warehouse: Option<String>,
+    /// Glue: the Data Catalog's id (an AWS account id). Default: the caller's account.
+    pub catalog_id: Option<String>,
+    /// Glue: the Glue API endpoint (an emulator, a VPC endpoint). Default: `aws.endpoint`, else AWS.
+    pub endpoint: Option<String>,
+    /// Glue: the region of the Data Catalog. Default: `aws.region`, else the credential chain's.
+    pub region: Option<String>,
     /// REST: a bearer token sent with every request.
     pub token: Option<String>,
     /// REST: OAuth2 client credentials, `client_id:client_secret`, exchanged for a token
@@ -726,6 +732,9 @@ impl fmt::Debug for CatalogConfig {
             .field("uri", &self.uri.as_deref().map(redact_uri))
             .field("name", &self.name)
             .field("warehouse", &self.warehouse)
+            .field("catalog_id", &self.catalog_id)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
             .field("token", &redacted(&self.token))
             .field("credential", &redacted(&self.credential))
             .field("oauth2_server_uri", &self.oauth2_server_uri)
@@ -755,6 +764,18 @@ impl CatalogConfig {
             ("scope", self.scope.is_some()),
             ("headers", !self.headers.is_empty()),
         ];
+        let glue_only = [
+            ("catalog_id", self.catalog_id.is_some()),
+            ("endpoint", self.endpoint.is_some()),
+            ("region", self.region.is_some()),
+        ];
+        if self.kind != CatalogKind::Glue
+            && let Some((key, _)) = glue_only.iter().find(|(_, set)| *set)
+        {
+            return Err(format!(
+                "catalog.{key} applies only to an AWS Glue catalog; set `type = \"glue\"` under [catalog] or remove it"
+            ));
+        }
         match self.kind {
             CatalogKind::Sql | CatalogKind::Glue => {
                 if let Some((key, _)) = rest_only.iter().find(|(_, set)| *set) {
@@ -766,6 +787,24 @@ impl CatalogConfig {
                     && let Some(uri) = &self.uri
                 {
                     CatalogUri::parse(uri).map_err(|m| format!("catalog.uri: {m}"))?;
+                }
+                if self.kind == CatalogKind::Glue {
+                    if self.uri.is_some() {
+                        return Err("catalog.uri does not apply to an AWS Glue catalog; an emulator or VPC endpoint \
+                                    goes in catalog.endpoint (or aws.endpoint)"
+                            .into());
+                    }
+                    if let Some(e) = &self.endpoint {
+                        rest_url("catalog.endpoint", e)?;
+                    }
+                    if let Some(id) = &self.catalog_id
+                        && (id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()))
+                    {
+                        return Err(format!(
+                            "catalog.catalog_id = {id:?}: a Glue Data Catalog id is an AWS account id (12 digits); \
+                             leave it out for the caller's account"
+                        ));
+                    }
                 }
             }
             CatalogKind::Rest => {
@@ -1997,6 +2036,28 @@ mod tests {
         let e = err("[catalog]\ntype = \"rest\"\nuri = \"http://h\"\ncredential = \"nosecret\"\n");
         assert!(e.contains("client_id:client_secret") && !e.contains("nosecret"), "{e}");
         let e = err("[catalog]\ntoken = \"t\"\n");
+        assert!(e.contains("catalog.token applies only to a REST catalog"), "{e}");
+    }
+
+    #[test]
+    fn glue_catalog_keys() {
+        let c = parse(
+            "[catalog]\ntype = \"glue\"\nwarehouse = \"s3://lake/w\"\nregion = \"eu-west-1\"\n\
+             catalog_id = \"123456789012\"\nendpoint = \"http://127.0.0.1:5000\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.catalog.kind, CatalogKind::Glue);
+        assert_eq!(c.catalog.catalog_id.as_deref(), Some("123456789012"));
+        assert_eq!(c.warehouse(), "s3://lake/w");
+        let e = err("[catalog]\ntype = \"glue\"\nuri = \"http://h\"\n");
+        assert!(e.contains("catalog.uri does not apply") && e.contains("catalog.endpoint"), "{e}");
+        let e = err("[catalog]\ntype = \"glue\"\ncatalog_id = \"prod\"\n");
+        assert!(e.contains("AWS account id"), "{e}");
+        let e = err("[catalog]\ntype = \"glue\"\nendpoint = \"localhost:5000\"\n");
+        assert!(e.contains("catalog.endpoint"), "{e}");
+        let e = err("[catalog]\nregion = \"eu-west-1\"\n");
+        assert!(e.contains("catalog.region applies only to an AWS Glue catalog"), "{e}");
+        let e = err("[catalog]\ntype = \"glue\"\ntoken = \"t\"\n");
         assert!(e.contains("catalog.token applies only to a REST catalog"), "{e}");
     }
 

@@ -9,11 +9,14 @@
 //! - [`rest`]: an Iceberg REST catalog. The server writes the metadata file itself, from the
 //!   updates floe sends and only if the requirements floe sends still hold; the requirements pin
 //!   the base the operation's check ran on (see `rest.rs` and docs/exactly-once.md).
+//! - [`glue`]: the AWS Glue Data Catalog. floe writes the metadata file and updates the Glue
+//!   table's `metadata_location` with the Glue `VersionId` at which it was still the base's.
 //!
 //! A new catalog is a new file with a type that can load, create and `commit(base, new)`, and one
 //! more arm in each `match` below. The commit engine (`commit.rs`) and everything above it only
 //! see [`Catalog`], [`LoadedTable`] and [`Swap`].
 
+pub mod glue;
 pub mod rest;
 pub mod sql;
 
@@ -26,6 +29,7 @@ use iceberg::MetadataLocation;
 
 use crate::config::{CatalogKind, CatalogUri, Config, TableName};
 
+pub use glue::GlueCatalog;
 pub use rest::RestCatalog;
 pub use sql::{Layout, SqlCatalog};
 
@@ -104,6 +108,7 @@ pub struct LoadedTable {
 pub enum Catalog {
     Sql(Box<SqlCatalog>),
     Rest(RestCatalog),
+    Glue(Box<GlueCatalog>),
 }
 
 impl Catalog {
@@ -112,10 +117,7 @@ impl Catalog {
         match config.catalog.kind {
             CatalogKind::Sql => Ok(Catalog::Sql(Box::new(SqlCatalog::open(config).await?))),
             CatalogKind::Rest => Ok(Catalog::Rest(RestCatalog::open(config).await?)),
-            CatalogKind::Glue => Err(CatalogError::Rejected {
-                uri: "glue".into(),
-                message: "[catalog] type = \"glue\" is not built yet; use type = \"sql\" or \"rest\"".into(),
-            }),
+            CatalogKind::Glue => Ok(Catalog::Glue(Box::new(GlueCatalog::open(config).await?))),
         }
     }
 
@@ -124,11 +126,13 @@ impl Catalog {
         Ok(Catalog::Sql(Box::new(SqlCatalog::connect(uri, name, warehouse).await?)))
     }
 
-    /// The catalog's name (the SQL catalog's `catalog_name`, the REST catalog's warehouse).
+    /// The catalog's name (the SQL catalog's `catalog_name`, the REST catalog's warehouse, the
+    /// configured `[catalog] name` for Glue).
     pub fn name(&self) -> &str {
         match self {
             Catalog::Sql(c) => c.name(),
             Catalog::Rest(c) => c.name(),
+            Catalog::Glue(c) => c.name(),
         }
     }
 
@@ -137,6 +141,7 @@ impl Catalog {
         match self {
             Catalog::Sql(c) => c.uri().to_string(),
             Catalog::Rest(c) => c.uri().to_string(),
+            Catalog::Glue(c) => c.uri().to_string(),
         }
     }
 
@@ -145,6 +150,7 @@ impl Catalog {
         match self {
             Catalog::Sql(c) => c.file_io(),
             Catalog::Rest(c) => c.file_io(),
+            Catalog::Glue(c) => c.file_io(),
         }
     }
 
@@ -153,6 +159,7 @@ impl Catalog {
         match self {
             Catalog::Sql(c) => c.storage(),
             Catalog::Rest(c) => c.storage(),
+            Catalog::Glue(c) => c.storage(),
         }
     }
 
@@ -162,7 +169,7 @@ impl Catalog {
     /// snapshot id the requirements do assert): see [`crate::commit::Operation::prepare`].
     pub fn pins_properties(&self) -> bool {
         match self {
-            Catalog::Sql(_) => true,
+            Catalog::Sql(_) | Catalog::Glue(_) => true,
             Catalog::Rest(_) => false,
         }
     }
@@ -172,6 +179,7 @@ impl Catalog {
         match self {
             Catalog::Sql(c) => c.default_location(table),
             Catalog::Rest(c) => c.default_location(table),
+            Catalog::Glue(c) => c.default_location(table),
         }
     }
 
@@ -180,6 +188,7 @@ impl Catalog {
         match self {
             Catalog::Sql(c) => c.ensure_namespace(namespace).await,
             Catalog::Rest(c) => c.ensure_namespace(namespace).await,
+            Catalog::Glue(c) => c.ensure_namespace(namespace).await,
         }
     }
 
@@ -188,6 +197,7 @@ impl Catalog {
         match self {
             Catalog::Sql(c) => c.list_tables(namespace).await,
             Catalog::Rest(c) => c.list_tables(namespace).await,
+            Catalog::Glue(c) => c.list_tables(namespace).await,
         }
     }
 
@@ -195,6 +205,7 @@ impl Catalog {
         match self {
             Catalog::Sql(c) => c.table_exists(table).await,
             Catalog::Rest(c) => c.table_exists(table).await,
+            Catalog::Glue(c) => c.table_exists(table).await,
         }
     }
 
@@ -203,6 +214,7 @@ impl Catalog {
         match self {
             Catalog::Sql(c) => c.load(table).await,
             Catalog::Rest(c) => c.load(table).await,
+            Catalog::Glue(c) => c.load(table).await,
         }
     }
 
@@ -212,6 +224,7 @@ impl Catalog {
         match self {
             Catalog::Sql(c) => c.create(table, metadata).await,
             Catalog::Rest(c) => c.create(table, metadata).await,
+            Catalog::Glue(c) => c.create(table, metadata).await,
         }
     }
 
@@ -226,6 +239,7 @@ impl Catalog {
         match self {
             Catalog::Sql(c) => c.commit(base, new).await,
             Catalog::Rest(c) => c.commit(base, new).await,
+            Catalog::Glue(c) => c.commit(base, new).await,
         }
     }
 }

@@ -217,3 +217,21 @@ def duckdb_connect() -> duckdb.DuckDBPyConnection:
             pytest.fail(f"no {name}.duckdb_extension in the {module.__name__} package ({pattern})", pytrace=False)
         con.execute(f"LOAD '{found[0]}'")
     return con
+
+
+@pytest.fixture
+def rest_server(tmp_path):
+    """Starts REST catalog servers of the test's own (loader_harness.RestServer); all are stopped when
+    the test ends."""
+    from loader_harness import RestServer
+
+    started = []
+
+    def start(name: str = "rest", warehouse: str | None = None, env: dict[str, str] | None = None) -> RestServer:
+        server = RestServer(tmp_path / f"{name}-server", warehouse, env)
+        started.append(server)
+        return server
+
+    yield start
+    for s in started:
+        s.stop()

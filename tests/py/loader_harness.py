@@ -479,14 +479,22 @@ class Publisher:
 
 @dataclass
 class CatalogSpec:
-    kind: str  # "sqlite" | "postgres" | "rest"
+    kind: str  # "sqlite" | "postgres" | "rest" | "glue"
     name: str
     pg_uri: str | None = None  # postgresql://... for kind "postgres"
     rest_uri: str | None = None  # http://... for kind "rest" (FLOE_TEST_REST)
+    # REST: more [catalog] keys (credential, token, oauth2_server_uri, scope) and catalog.headers.
+    rest_options: dict[str, str] = field(default_factory=dict)
+    rest_headers: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
-    def rest(uri: str) -> "CatalogSpec":
-        return CatalogSpec("rest", "floe", rest_uri=uri)
+    def rest(uri: str, headers: dict[str, str] | None = None, **options: str) -> "CatalogSpec":
+        return CatalogSpec("rest", "floe", rest_uri=uri, rest_options=options, rest_headers=headers or {})
+
+    @staticmethod
+    def glue() -> "CatalogSpec":
+        """AWS Glue on the test's moto (FLOE_TEST_AWS): the Pipeline needs `aws` and an s3:// warehouse."""
+        return CatalogSpec("glue", "floe")
 
 
 class Pipeline:
@@ -506,9 +514,12 @@ class Pipeline:
         self.topic = unique(f"{prefix}-t")
         self.group = unique(f"{prefix}-g")
         self.catalog_spec = catalog or CatalogSpec("sqlite", "floe")
-        # One REST catalog serves the whole test run: each pipeline's table gets its own namespace.
-        self.table_name = (f"{self.group.replace('-', '_')}.events" if self.catalog_spec.kind == "rest"
+        # One REST catalog (one moto for Glue) serves the whole test run: each pipeline's table gets
+        # its own namespace (Glue database).
+        self.table_name = (f"{self.group.replace('-', '_')}.events" if self.catalog_spec.kind in ("rest", "glue")
                            else EVENTS_TABLE)
+        if self.catalog_spec.kind == "glue":
+            assert aws is not None and warehouse and warehouse.startswith("s3://"), "a Glue pipeline needs aws and an s3:// warehouse"
         # Object storage: `aws` (conftest.AwsEnv) and a warehouse URI such as s3://bucket/w.
         self.aws = aws
         self.warehouse_uri = warehouse
@@ -535,6 +546,12 @@ class Pipeline:
         elif c.kind == "rest":
             assert c.rest_uri
             lines += ['type = "rest"', f"uri = {toml_str(c.rest_uri)}"]
+            lines += [f"{k} = {toml_str(v)}" for k, v in c.rest_options.items()]
+            if c.rest_headers:
+                lines += ["headers = { " + ", ".join(f"{toml_str(k)} = {toml_str(v)}" for k, v in c.rest_headers.items()) + " }"]
+        elif c.kind == "glue":
+            # The Glue client takes aws.endpoint (moto) from [aws] below.
+            lines += ['type = "glue"']
         if self.warehouse_uri:
             lines += [f"warehouse = {toml_str(self.warehouse_uri)}"]
         props: dict[str, object] = {
@@ -614,7 +631,15 @@ class Pipeline:
             if c.kind == "rest":
                 from pyiceberg.catalog.rest import RestCatalog
 
-                self._catalog = RestCatalog(c.name, uri=c.rest_uri)
+                props = dict(self.aws.pyiceberg_props()) if self.aws is not None else {}
+                props.update({f"header.{k}": v for k, v in c.rest_headers.items()})
+                for key in ("credential", "token"):
+                    if key in c.rest_options:
+                        props[key] = c.rest_options[key]
+                self._catalog = RestCatalog(c.name, uri=c.rest_uri, **props)
+                return self._catalog
+            if c.kind == "glue":
+                self._catalog = glue_catalog(self.aws, c.name)
                 return self._catalog
             if c.kind == "sqlite":
                 uri = f"sqlite:///{self.data_dir / 'catalog.db'}"
@@ -664,6 +689,46 @@ class Pipeline:
     def ids(self):
         """Every id in the table (an Arrow array)."""
         return self.table().scan(selected_fields=("id",)).to_arrow().column("id")
+
+
+def glue_catalog(aws, name: str = "floe"):
+    """pyiceberg's own Glue catalog on the test's moto (Glue and S3 with the key moto accepts)."""
+    from pyiceberg.catalog.glue import GlueCatalog
+
+    return GlueCatalog(name, **{"glue.endpoint": aws.endpoint, "glue.region": aws.region,
+                                "glue.access-key-id": aws.access_key_id,
+                                "glue.secret-access-key": aws.secret_access_key, **aws.pyiceberg_props()})
+
+
+class RestServer:
+    """A REST catalog server of its own for one test (scripts/rest-catalog.sh in `dir`), for setups
+    the shared one (FLOE_TEST_REST) does not have: a warehouse on S3, authentication. `env` holds
+    the script's FLOE_REST_* options."""
+
+    def __init__(self, dir: Path, warehouse: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.dir = dir
+        cmd = [str(REPO / "scripts" / "rest-catalog.sh"), "start", str(dir)] + ([warehouse] if warehouse else [])
+        t0 = time.monotonic()
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+                           env={**os.environ, **(env or {})})
+        assert p.returncode == 0, f"rest-catalog.sh start failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+        self.uri = p.stdout.strip().splitlines()[-1]
+        print(f"REST catalog server up in {time.monotonic() - t0:.1f}s at {self.uri}")
+
+    def log(self) -> str:
+        return (self.dir / "server.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        subprocess.run([str(REPO / "scripts" / "rest-catalog.sh"), "stop", str(self.dir)], capture_output=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+
+    @staticmethod
+    def s3_env(aws, bucket: str) -> dict[str, str]:
+        """The server's S3FileIO settings for the test's moto."""
+        props = {"io-impl": "org.apache.iceberg.aws.s3.S3FileIO", "s3.endpoint": aws.endpoint,
+                 "s3.path-style-access": "true", "s3.access-key-id": aws.access_key_id,
+                 "s3.secret-access-key": aws.secret_access_key, "client.region": aws.region}
+        return {"FLOE_REST_CATALOG_PROPERTIES": "\n".join(f"{k}={v}" for k, v in props.items())}
 
 
 # --- checks -----------------------------------------------------------------------------------

@@ -87,3 +87,81 @@ def test_unreachable_rest_catalog_is_a_clear_error(tmp_path, floe_bin, kafka_boo
         assert "connect" in out.lower(), f"the error should say that it could not connect:\n{out}"
     written = [f for f in p.data_dir.rglob("*") if f.is_file()]
     assert not written, f"nothing should be written when the catalog is unreachable: {written}"
+
+
+# --- authentication (OAuth2 client credentials, bearer token, extra headers) -------------------
+
+CLIENT_ID, CLIENT_SECRET, TOKEN = "floe-loader", "the-client-secret", "a-static-bearer-token"
+HEADER, HEADER_VALUE = "X-Floe-Test", "from-floe"
+AUTH_ENV = {"FLOE_REST_OAUTH_CLIENT": f"{CLIENT_ID}:{CLIENT_SECRET}", "FLOE_REST_TOKEN": TOKEN,
+            "FLOE_REST_REQUIRE_HEADER": f"{HEADER}={HEADER_VALUE}"}
+
+
+def auth_pipeline(tmp_path, floe_bin, kafka_bootstrap, procs, uri: str, name: str, headers=None, **options) -> Pipeline:
+    return Pipeline(tmp_path / name, floe_bin, kafka_bootstrap, procs, prefix=f"floe-{name}",
+                    catalog=CatalogSpec.rest(uri, headers={HEADER: HEADER_VALUE} if headers is None else headers,
+                                             **options))
+
+
+def test_oauth2_client_credentials_and_headers_end_to_end(tmp_path, floe_bin, kafka_bootstrap, procs, rest_server):
+    server = rest_server("auth", env=AUTH_ENV)
+    p = auth_pipeline(tmp_path, floe_bin, kafka_bootstrap, procs, server.uri, "oauth",
+                      credential=f"{CLIENT_ID}:{CLIENT_SECRET}")
+    p.create_table()
+    p.publish(300, 1, 2)
+    loader = p.start_loader()
+    p.wait_rows(300, timeout=60, alive=[loader])  # pyiceberg, with the same credentials and header
+    loader.sigterm_ok()
+    assert_each_id_once(p.ids().to_pylist(), range(1, 301))
+    log = server.log()
+    assert f"token issued to client {CLIENT_ID}" in log, log[-2000:]
+    # Every request floe made carried the header (the server refuses those without it), and the
+    # server saw floe's commits with it.
+    assert "refused" not in log, [line for line in log.splitlines() if "refused" in line][:5]
+    assert f"POST /v1/namespaces/{p.table_name.split('.')[0]}/tables/events header {HEADER}={HEADER_VALUE}" in log
+
+    # A static bearer token works as well.
+    q = auth_pipeline(tmp_path, floe_bin, kafka_bootstrap, procs, server.uri, "token", token=TOKEN)
+    r = q.floe("table", "list")
+    assert r.returncode == 0 and p.table_name in r.stdout, (r.stdout, r.stderr)
+
+
+def refused_fast(p: Pipeline, *args: str, within: float = 15) -> str:
+    t0 = time.monotonic()
+    r = p.floe(*args, timeout=60)
+    took = time.monotonic() - t0
+    assert r.returncode != 0, f"floe {' '.join(args)} should fail:\n{r.stdout}\n{r.stderr}"
+    assert took < within, f"floe {' '.join(args)} took {took:.1f}s to fail (retrying?):\n{r.stderr}"
+    print(f"floe {args[0]} refused in {took:.1f}s: {r.stderr.strip()[-400:]}")
+    return r.stderr
+
+
+def test_wrong_rest_credentials_are_clear_errors(tmp_path, floe_bin, kafka_bootstrap, procs, rest_server):
+    server = rest_server("auth", env=AUTH_ENV)
+    good = auth_pipeline(tmp_path, floe_bin, kafka_bootstrap, procs, server.uri, "good",
+                         credential=f"{CLIENT_ID}:{CLIENT_SECRET}")
+    good.create_table()
+
+    wrong_secret = auth_pipeline(tmp_path, floe_bin, kafka_bootstrap, procs, server.uri, "badsecret",
+                                 credential=f"{CLIENT_ID}:not-the-secret")
+    wrong_secret.table_name = good.table_name
+    wrong_secret.write_config()
+    for args in (("table", "list"), ("run",)):
+        err = refused_fast(wrong_secret, *args)
+        assert server.uri in err and "OAuth2 token endpoint" in err and CLIENT_ID in err, err
+        assert "catalog.credential" in err and "not-the-secret" not in err, err
+
+    wrong_token = auth_pipeline(tmp_path, floe_bin, kafka_bootstrap, procs, server.uri, "badtoken",
+                                token="not-a-token-it-issued")
+    wrong_token.table_name = good.table_name
+    wrong_token.write_config()
+    for args in (("table", "list"), ("run",)):
+        err = refused_fast(wrong_token, *args)
+        assert server.uri in err and "401" in err and "catalog.token" in err, err
+        assert "not-a-token-it-issued" not in err, err
+
+    no_header = auth_pipeline(tmp_path, floe_bin, kafka_bootstrap, procs, server.uri, "noheader", headers={},
+                              credential=f"{CLIENT_ID}:{CLIENT_SECRET}")
+    err = refused_fast(no_header, "table", "list")
+    assert server.uri in err and HEADER in err, err
+    assert good.table() is not None  # the table is still there, untouched
