@@ -62,6 +62,8 @@ def main():
     target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/floe/target"))
     ap.add_argument("--floe", default=os.path.join(target, "release", "floe"))
     ap.add_argument("--kafka")
+    ap.add_argument("--perf", action="store_true", help="profile floe with `perf record` and print where its time goes")
+    ap.add_argument("--workers", type=int, help="commit.workers (default: the cores available)")
     args = ap.parse_args()
     if not os.path.exists(args.floe):
         sys.exit(f"{args.floe} not found: cargo build --release --no-default-features")
@@ -79,7 +81,8 @@ def main():
         with open(cfg, "w") as f:
             f.write(f'data_dir = "{work}/data"\n[kafka]\n"bootstrap.servers" = "{bootstrap}"\n'
                     f'"group.id" = "bench"\n[source]\ntopics = ["bench"]\n[table]\nname = "default.events"\n'
-                    f'[commit]\ninterval = "{args.interval}"\n')
+                    f'[commit]\ninterval = "{args.interval}"\n'
+                    + (f"workers = {args.workers}\n" if args.workers else ""))
         subprocess.run([args.floe, "--config", cfg, "table", "create", TABLE], check=True, capture_output=True)
         t = time.time()
         subprocess.run([args.floe, "--config", cfg, "publish-sample", "--topic", "bench",
@@ -92,6 +95,11 @@ def main():
         with open(log_path, "w") as log:
             t0 = time.time()
             proc = subprocess.Popen([args.floe, "--config", cfg, "run"], stdout=log, stderr=log)
+            perf = None
+            if args.perf:
+                perf = subprocess.Popen(["perf", "record", "-F", "199", "-g", "-p", str(proc.pid), "-o",
+                                         os.path.join(work, "perf.data")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             cpu = hwm = 0
             while True:
                 time.sleep(0.5)
@@ -101,6 +109,9 @@ def main():
                 if proc.poll() is not None:
                     sys.exit(f"floe run exited early; see {log_path}")
             wall = time.time() - t0
+            if perf:
+                perf.send_signal(signal.SIGINT)
+                perf.wait(timeout=60)
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
         latencies = []
@@ -116,9 +127,21 @@ def main():
         print(f"wall time          {wall:.1f} s (start to ledger covering every record; includes startup)")
         print(f"rows/s             {args.records / wall:,.0f}")
         print(f"MB/s (JSON)        {payload / wall / 1e6:.1f}")
-        print(f"CPU                {cpu:.1f} s user+sys = {cpu / wall:.2f} cores")
+        print(f"CPU                {cpu:.1f} s user+sys = {cpu / wall:.2f} cores, "
+              f"{cpu / (args.records / 1e6):.2f} CPU-s per million rows")
         print(f"peak RSS           {hwm / 2**20:.0f} MiB")
         print(f"commits            {len(latencies)}; commit latency p50 {pct(0.5)} ms, p99 {pct(0.99)} ms, max {pct(1.0)} ms")
+        if args.perf:
+            report = subprocess.run(["perf", "report", "-i", os.path.join(work, "perf.data"), "--stdio",
+                                     "--no-children", "--sort", "comm,dso", "-g", "none", "--percent-limit", "1"],
+                                    capture_output=True, text=True).stdout
+            print("where floe's CPU goes (threads and libraries):")
+            print("\n".join(l for l in report.splitlines() if l and not l.startswith("#")))
+            report = subprocess.run(["perf", "report", "-i", os.path.join(work, "perf.data"), "--stdio",
+                                     "--no-children", "--sort", "sym", "-g", "none", "--percent-limit", "1.5"],
+                                    capture_output=True, text=True).stdout
+            print("hottest functions:")
+            print("\n".join(l[:150] for l in report.splitlines() if l and not l.startswith("#")))
     finally:
         if started_kafka:
             subprocess.run([os.path.join(REPO, "scripts/kafka.sh"), "stop", f"{work}/kafka"], capture_output=True)

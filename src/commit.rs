@@ -241,23 +241,39 @@ impl CommitEngine {
 
     /// The loop: load, check, build, swap; on conflict clean up and go again.
     pub async fn commit<O: Operation + Send>(&self, op: &mut O) -> Result<O::Outcome, CommitError> {
+        self.commit_on(op, None).await.map(|(outcome, _)| outcome)
+    }
+
+    /// [`commit`](Self::commit), with the first attempt made on `base` when given (metadata the
+    /// caller loaded a moment ago: a conflict reloads), and the metadata the swap made returned
+    /// when this call made one.
+    pub async fn commit_on<O: Operation + Send>(
+        &self,
+        op: &mut O,
+        base: Option<LoadedTable>,
+    ) -> Result<(O::Outcome, Option<Box<LoadedTable>>), CommitError> {
         let mut conflicts = 0;
+        let mut given = base;
         op.prepare(self.catalog.pins_properties());
         loop {
             let attempt_started = std::time::Instant::now();
-            let base = self.catalog.load(&self.table).await?;
+            let base = match given.take() {
+                Some(b) => b,
+                None => self.catalog.load(&self.table).await?,
+            };
             if let Check::Stop(outcome) = op.check(&base)? {
-                return Ok(outcome);
+                return Ok((outcome, None));
             }
             if let Check::Stop(outcome) = op.validate(&base, self.catalog.file_io()).await? {
-                return Ok(outcome);
+                return Ok((outcome, None));
             }
             let staged = op.build(&base, self.catalog.file_io()).await?;
             let swap = self.catalog.commit(&base, staged.metadata).await;
             match swap {
                 Ok(Swap::Done(new)) => {
                     self.delete_dropped_metadata(&base, &new).await;
-                    return Ok(op.committed(&new, conflicts + 1));
+                    let outcome = op.committed(&new, conflicts + 1);
+                    return Ok((outcome, Some(new)));
                 }
                 Ok(Swap::Conflict) => {
                     let attempt = attempt_started.elapsed();

@@ -920,12 +920,25 @@ pub struct CommitConfig {
     /// Freshness: a commit happens at least this often while data is buffered.
     #[serde(default = "default_interval", with = "human_duration")]
     pub interval: Duration,
-    /// Memory bound: a commit happens early once this much is buffered.
+    /// Memory bound: rows and dead letters buffered plus the batch being committed. A batch is
+    /// committed early at half of it; consumption pauses at all of it.
     #[serde(default = "default_max_buffered", with = "human_size")]
     pub max_buffered_bytes: u64,
     /// Data files are rolled over near this size (independent of the commit interval).
     #[serde(default = "default_target_file_size", with = "human_size")]
     pub target_file_size: u64,
+    /// Threads that encode a batch's table partitions at once. Default: the cores available.
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+impl CommitConfig {
+    /// `workers`, or the number of cores this process may use.
+    pub fn workers(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+            .max(1)
+    }
 }
 
 impl Default for CommitConfig {
@@ -934,6 +947,7 @@ impl Default for CommitConfig {
             interval: default_interval(),
             max_buffered_bytes: default_max_buffered(),
             target_file_size: default_target_file_size(),
+            workers: None,
         }
     }
 }
@@ -942,7 +956,7 @@ fn default_interval() -> Duration {
     Duration::from_secs(5)
 }
 fn default_max_buffered() -> u64 {
-    256 << 20
+    128 << 20
 }
 fn default_target_file_size() -> u64 {
     128 << 20
@@ -1029,6 +1043,13 @@ impl Config {
             return Err(invalid(format!(
                 "commit.interval = {:?} is too short; use at least \"100ms\" (typical: \"5s\")",
                 self.commit.interval
+            )));
+        }
+        if let Some(w) = self.commit.workers
+            && !(1..=256).contains(&w)
+        {
+            return Err(invalid(format!(
+                "commit.workers = {w}: use 1 to 256 encoding threads (default: the cores available)"
             )));
         }
         if self.source.partition_discovery < Duration::from_secs(1) {
@@ -1748,7 +1769,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("floe-data"));
         assert_eq!(c.catalog_name(), "floe");
         assert_eq!(c.commit.interval, Duration::from_secs(5));
-        assert_eq!(c.commit.max_buffered_bytes, 256 << 20);
+        assert_eq!(c.commit.max_buffered_bytes, 128 << 20);
         assert_eq!(c.commit.target_file_size, 128 << 20);
         assert_eq!(c.source.start, StartPosition::Earliest);
         assert_eq!(c.catalog_uri(), CatalogUri::Sqlite(PathBuf::from("floe-data/catalog.db")));

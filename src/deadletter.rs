@@ -68,6 +68,16 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// Memory the letter holds (its record's bytes), for the loader's buffer bound.
+    pub fn bytes(&self) -> usize {
+        let r = &self.record;
+        let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
+        std::mem::size_of::<DeadLetter>()
+            + r.key.as_ref().map_or(0, |k| k.len())
+            + r.value.as_ref().map_or(0, |v| v.len())
+            + headers
+    }
+
     fn coordinates(&self) -> (String, i32, i64) {
         (self.record.topic.to_string(), self.record.partition, self.record.offset)
     }
@@ -230,10 +240,10 @@ impl KafkaDeadLetters {
             }
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
             if let Some(k) = &r.key {
-                record = record.key(k.as_slice());
+                record = record.key(&k[..]);
             }
             if let Some(v) = &r.value {
-                record = record.payload(v.as_slice());
+                record = record.payload(&v[..]);
             }
             if let Some(ts) = r.timestamp {
                 record = record.timestamp(ts);

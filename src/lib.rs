@@ -9,6 +9,7 @@ pub mod aws;
 pub mod catalog;
 pub mod checks;
 pub mod commit;
+pub(crate) mod committer;
 pub mod config;
 pub mod ddl;
 pub mod deadletter;
@@ -23,6 +24,7 @@ pub mod progress;
 #[cfg(feature = "query")]
 pub mod query;
 pub mod replay;
+pub(crate) mod retry;
 pub mod sample;
 pub mod secrets;
 pub mod source;

@@ -23,10 +23,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::commit::{Append, AppendOutcome, CommitEngine, CommitError};
+use crate::commit::{CommitEngine, CommitError};
+use crate::committer::{Committer, Done, Sealed};
 use crate::checks::Checks;
 use crate::config::{CheckAction, Config, OnDataLoss, StartPosition, TableName};
 use crate::deadletter::{DeadLetter, KafkaDeadLetters, RatioValve, TableDeadLetters};
+use crate::retry::retrying;
 use crate::decode::{DecodeSetupError, Decoder, RecordError, RecordErrorKind, RecordOrigin};
 use crate::ledger::{Ledger, OffsetRange, TopicPartition};
 use crate::source::{self, AssignedPartition, Command, Epoch, Event, OutOfRange, Record, StartAt};
@@ -72,6 +74,8 @@ pub enum LoadError {
     CheckFailed(String),
     #[error("the Kafka consumer thread stopped unexpectedly")]
     ConsumerGone,
+    #[error("the committer task stopped unexpectedly")]
+    CommitterGone,
     #[error("{}", data_loss_message(.0))]
     DataLoss(Box<DataLoss>),
     #[error(transparent)]
@@ -142,6 +146,12 @@ fn data_loss_message(d: &DataLoss) -> String {
     )
 }
 
+/// `pipeline`'s ledger in `table`; one that does not parse is a permanent error.
+pub(crate) fn ledger_of(table: &crate::catalog::LoadedTable, pipeline: &str) -> Result<Ledger, LoadError> {
+    Ledger::from_properties(table.metadata.properties(), pipeline)
+        .map_err(|message| LoadError::Commit(CommitError::Invalid { table: table.name.to_string(), message }))
+}
+
 /// What a finished run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RunReport {
@@ -156,8 +166,11 @@ pub struct RunReport {
 struct PartitionState {
     /// Records, positions and seek confirmations of other epochs are dropped.
     epoch: Epoch,
-    /// What the ledger said when this batch started reading (None: not in the ledger).
+    /// Where the batch being read starts: the ledger as it will be once the batch before it has
+    /// committed (None: not in the ledger).
     expected: Option<i64>,
+    /// The ledger as this process last saw it committed (None: not in the ledger).
+    committed: Option<i64>,
     /// First offset buffered in the current batch.
     first: Option<i64>,
     /// Next offset to read after the buffered records.
@@ -176,6 +189,7 @@ impl PartitionState {
         PartitionState {
             epoch,
             expected,
+            committed: expected,
             first: None,
             next: expected,
             moved: false,
@@ -406,6 +420,17 @@ impl Loader {
             self.config.commit.target_file_size,
         );
         let table_label = self.engine.table().to_string();
+        let committer = Committer {
+            engine: self.engine.clone(),
+            pipeline: self.pipeline.clone(),
+            live: self.live.clone(),
+            table_label: table_label.clone(),
+            target_file_size: self.config.commit.target_file_size,
+            workers: self.config.commit.workers(),
+            dlq_topic,
+            dlq_table,
+        }
+        .spawn();
         let mut state = State {
             live: self.live,
             table_label,
@@ -428,7 +453,6 @@ impl Loader {
             waiting_logged: None,
             interval: self.config.commit.interval,
             max_buffered: self.config.commit.max_buffered_bytes as usize,
-            target_file_size: self.config.commit.target_file_size,
             decoder,
             decoder_schema: table.metadata.current_schema().clone(),
             partitions: BTreeMap::new(),
@@ -437,8 +461,10 @@ impl Loader {
             last_commit: Instant::now(),
             kafka_trouble: None,
             dead_letters: Vec::new(),
-            dlq_topic,
-            dlq_table,
+            dead_letter_bytes: 0,
+            has_destination: dl.topic.is_some() || dl.table.is_some(),
+            committer,
+            paused: false,
             valve,
             max_ratio: dl.max_ratio,
             evolve_budget: if self.config.schema.auto_evolve { self.config.schema.max_new_columns } else { 0 },
@@ -450,6 +476,7 @@ impl Loader {
         };
         tracing::info!(pipeline = %state.pipeline, table = %state.engine.table(), topics = ?self.config.source.topics, "loader started");
         let result = state.main_loop(&mut events, shutdown).await;
+        state.committer.stop().await;
         if let Some(m) = maintenance {
             m.stop().await;
         }
@@ -509,7 +536,6 @@ struct State {
     waiting_logged: Option<Instant>,
     interval: Duration,
     max_buffered: usize,
-    target_file_size: u64,
     decoder: Decoder,
     /// The schema the decoder reads with (the table's, as of the last commit).
     decoder_schema: iceberg::spec::SchemaRef,
@@ -519,10 +545,16 @@ struct State {
     last_commit: Instant,
     /// When Kafka started failing (logged once per episode).
     kafka_trouble: Option<Instant>,
-    /// Records of the current batch that can never be written.
+    /// Records of the current batch that can never be written, and the memory they hold (with
+    /// the records a `dead_letter` check keeps until the commit).
     dead_letters: Vec<DeadLetter>,
-    dlq_topic: Option<KafkaDeadLetters>,
-    dlq_table: Option<TableDeadLetters>,
+    dead_letter_bytes: usize,
+    /// Whether dead letters have somewhere to go (else a bad record stops the pipeline).
+    has_destination: bool,
+    /// The committer task: the batch in flight, and the way to hand it the next one.
+    committer: crate::committer::Handle,
+    /// Whether consumption is paused because the buffers are full.
+    paused: bool,
     valve: Option<RatioValve>,
     max_ratio: Option<f64>,
     /// Columns auto_evolve may still add (0: off or used up).
@@ -587,38 +619,72 @@ impl State {
         tokio::pin!(shutdown);
         let mut tick_at = tokio::time::Instant::now();
         loop {
+            // The interval counts from when the last batch was sealed; while that batch commits,
+            // the next one goes on accumulating and is sealed as soon as the committer is free.
             let deadline = tokio::time::Instant::from_std(self.last_commit + self.interval);
             let pending = self.has_pending();
+            let idle = !self.committer.busy();
             tokio::select! {
                 biased;
                 () = &mut shutdown => {
                     tracing::info!("shutdown requested: committing what is buffered");
-                    self.flush().await?;
+                    self.flush_and_wait().await?;
                     return Ok(self.report.clone());
+                }
+                done = self.committer.next() => {
+                    self.on_done(done?).await?;
+                    self.pace();
                 }
                 () = tokio::time::sleep_until(tick_at) => {
                     tick_at = tokio::time::Instant::now() + TICK;
                     self.tick();
                 }
                 // The timer fires even when no record arrives (kafka-delta-ingest #74).
-                () = tokio::time::sleep_until(deadline), if pending => {
-                    self.flush().await?;
+                () = tokio::time::sleep_until(deadline), if pending && idle => {
+                    self.seal().await?;
+                    self.pace();
                 }
-                () = tokio::time::sleep_until(deadline), if !pending => {
+                () = tokio::time::sleep_until(deadline), if !pending && idle => {
                     // Idle: still notice schema changes, so the next records are read right.
                     self.last_commit = Instant::now();
                     self.log_waiting();
                     let table = retrying!("loading the table", self.engine.load());
-                    self.follow_schema(&table.metadata)?;
+                    self.follow_schema(&table.metadata).await?;
                 }
                 ev = events.recv() => {
                     let Some(ev) = ev else { return Err(LoadError::ConsumerGone) };
                     self.handle(ev).await?;
-                    if self.decoder.buffered_bytes() >= self.max_buffered {
-                        self.flush().await?;
+                    // A batch is sealed early when it holds half the buffer bound, so that it and
+                    // the next one fit in the bound together.
+                    if !self.committer.busy() && self.buffered_bytes() >= self.max_buffered / 2 {
+                        self.seal().await?;
                     }
+                    self.pace();
                 }
             }
+        }
+    }
+
+    /// Memory held by rows and dead letters not yet handed to the committer.
+    fn buffered_bytes(&self) -> usize {
+        self.decoder.buffered_bytes() + self.dead_letter_bytes
+    }
+
+    /// Pauses consumption (Kafka's pause, so the consumer keeps answering the group) while the
+    /// buffered rows, dead letters and the batch in flight together reach
+    /// `commit.max_buffered_bytes`; resumes once they are below three quarters of it.
+    fn pace(&mut self) {
+        let total = self.buffered_bytes() + self.committer.in_flight_bytes();
+        if !self.paused && total >= self.max_buffered {
+            self.paused = true;
+            tracing::debug!(buffered = total, max = self.max_buffered, "buffers full: consumption paused");
+            telemetry::consumption_paused(&self.table_label, true);
+            let _ = self.commands.send(Command::Pause);
+        } else if self.paused && total < self.max_buffered / 4 * 3 {
+            self.paused = false;
+            tracing::debug!(buffered = total, "consumption resumed");
+            telemetry::consumption_paused(&self.table_label, false);
+            let _ = self.commands.send(Command::Resume);
         }
     }
 
@@ -630,8 +696,8 @@ impl State {
             .map(|(tp, p)| PartitionLive {
                 topic: tp.topic.clone(),
                 partition: tp.partition,
-                committed: p.expected,
-                start: if p.expected.is_none() { p.first.or(p.next) } else { None },
+                committed: p.committed,
+                start: if p.committed.is_none() { p.first.or(p.next) } else { None },
                 read: p.next,
                 end: p.end,
             })
@@ -690,7 +756,7 @@ impl State {
                 // Counted per partition once per handed-over batch, not per record.
                 let mut read: Vec<(Arc<str>, i32, u64, u64)> = Vec::new();
                 for r in &records {
-                    let bytes = r.value.as_ref().map_or(0, Vec::len) as u64;
+                    let bytes = r.value.as_ref().map_or(0, |v| v.len()) as u64;
                     match read.iter_mut().find(|(t, p, _, _)| *p == r.partition && **t == *r.topic) {
                         Some(entry) => {
                             entry.2 += 1;
@@ -702,8 +768,13 @@ impl State {
                 for (topic, partition, n, bytes) in read {
                     telemetry::records_read(&topic, partition, n, bytes);
                 }
+                // Records come in runs of one partition: its key is made once per run.
+                let mut tp = TopicPartition::new("", -1);
                 for r in records {
-                    self.record(r).await?;
+                    if tp.partition != r.partition || *tp.topic != *r.topic {
+                        tp = TopicPartition::new(&*r.topic, r.partition);
+                    }
+                    self.record(&tp, r).await?;
                 }
             }
             Event::LogEnds(ends) => {
@@ -719,7 +790,7 @@ impl State {
             }
             Event::Revoked { partitions, done } => {
                 // Commit what we hold before the partitions go to someone else.
-                self.flush().await?;
+                self.flush_and_wait().await?;
                 for tp in &partitions {
                     self.partitions.remove(tp);
                 }
@@ -847,7 +918,7 @@ impl State {
             for (tp, _, _) in &starts {
                 self.partitions.remove(tp);
             }
-            self.flush().await?;
+            self.flush_and_wait().await?;
             return Err(LoadError::DataLoss(Box::new(loss)));
         }
         if !starts.is_empty() {
@@ -879,7 +950,7 @@ impl State {
         match self.on_data_loss {
             OnDataLoss::Fail => {
                 // What was read before the gap is fine to commit; nothing after it was read.
-                self.flush().await?;
+                self.flush_and_wait().await?;
                 Err(LoadError::DataLoss(Box::new(loss)))
             }
             OnDataLoss::Earliest => {
@@ -908,20 +979,8 @@ impl State {
         self.ledger_of(&table)
     }
 
-    /// This pipeline's ledger in `table`; one that does not parse is a permanent error.
     fn ledger_of(&self, table: &crate::catalog::LoadedTable) -> Result<Ledger, LoadError> {
-        Ledger::from_properties(table.metadata.properties(), &self.pipeline)
-            .map_err(|message| LoadError::Commit(CommitError::Invalid { table: table.name.to_string(), message }))
-    }
-
-    /// A dead-letter destination reported that another writer owns the batch's offsets: reload
-    /// the table and handle the batch as fenced on what it says now.
-    async fn fenced_on_reload(&mut self, ranges: &[OffsetRange], written: Vec<String>) -> Result<(), LoadError> {
-        let table = retrying!("loading the table", self.engine.load());
-        let ledger = self.ledger_of(&table)?;
-        let violations = ledger.check(ranges);
-        self.fenced(violations, ledger, written).await;
-        self.follow_schema(&table.metadata)
+        ledger_of(table, &self.pipeline)
     }
 
     /// Whether `tp` is still read in `epoch` (a flush in between may have fenced it).
@@ -929,9 +988,8 @@ impl State {
         self.partitions.get(tp).is_some_and(|p| p.epoch == epoch)
     }
 
-    async fn record(&mut self, r: Record) -> Result<(), LoadError> {
-        let tp = TopicPartition::new(&*r.topic, r.partition);
-        let Some(p) = self.partitions.get_mut(&tp) else {
+    async fn record(&mut self, tp: &TopicPartition, r: Record) -> Result<(), LoadError> {
+        let Some(p) = self.partitions.get_mut(tp) else {
             // Not ours (revoked, or from before an assignment): it will be read by its owner.
             return Ok(());
         };
@@ -940,11 +998,13 @@ impl State {
             return Ok(());
         }
         let raw = r.raw();
-        let ignored_before = self.decoder.ignored_fields();
+        let ignored_before = self.decoder.ignored_top_level_fields();
         let mut outcome = self.decoder.append_record(&raw);
         // A record whose fields are all new is evolution under auto_evolve, not a dead letter.
+        // Only a record with a top-level field the table lacks is parsed again to look for new
+        // columns (an ignored field of a nested object can never become one).
         let unmatched = matches!(&outcome, Err(e) if e.kind() == RecordErrorKind::NoMatchingFields);
-        let ignored = outcome.is_ok() && self.decoder.ignored_fields() > ignored_before;
+        let ignored = outcome.is_ok() && self.decoder.ignored_top_level_fields() > ignored_before;
         if self.evolve_budget > 0 && (ignored || unmatched) {
             let value = r.value.as_deref().unwrap_or(b"null");
             let new = match self.decoder.row_of(value) {
@@ -958,19 +1018,23 @@ impl State {
                     if outcome.is_ok() {
                         self.decoder.pop_last();
                     }
-                    self.flush().await?;
+                    self.flush_and_wait().await?;
                     if !self.live(&tp, r.epoch) {
                         // The flush was fenced: this record is read again after the seek.
                         return Ok(());
                     }
                     self.add_columns(new, &tp, r.offset).await?;
                     outcome = self.decoder.append_record(&raw);
-                } else if !self.evolve_limit_logged {
-                    self.evolve_limit_logged = true;
-                    tracing::warn!(
-                        fields = ?new.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-                        "auto_evolve: schema.max_new_columns reached; further new fields are ignored"
-                    );
+                } else {
+                    // Further new fields are ignored: no record is parsed again for them.
+                    self.evolve_budget = 0;
+                    if !self.evolve_limit_logged {
+                        self.evolve_limit_logged = true;
+                        tracing::warn!(
+                            fields = ?new.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+                            "auto_evolve: schema.max_new_columns reached; further new fields are ignored"
+                        );
+                    }
                 }
             }
         }
@@ -997,14 +1061,18 @@ impl State {
                 if !self.checks.is_empty() {
                     self.row_origins.push((r.topic.clone(), r.partition, r.offset));
                     if self.checks.dead_letters() {
+                        // A slice of the batch's buffer; copied only if a check sets it aside.
+                        self.dead_letter_bytes += r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len());
                         self.row_records.push(r.clone());
                     }
                 }
             }
-            Err(error) if self.dlq_topic.is_some() || self.dlq_table.is_some() => {
+            Err(error) if self.has_destination => {
                 // Set aside; its offset still advances (DESIGN.md §3).
                 self.report.dead_letters += 1;
-                self.dead_letters.push(DeadLetter { record: r.clone(), error });
+                let letter = DeadLetter { record: r.detached(), error };
+                self.dead_letter_bytes += letter.bytes();
+                self.dead_letters.push(letter);
             }
             Err(error) => {
                 // No dead-letter destination: commit everything before this record, with the
@@ -1013,7 +1081,7 @@ impl State {
                 let p = self.partitions.get_mut(&tp).expect("checked above");
                 p.first.get_or_insert(r.offset);
                 p.next = Some(r.offset);
-                self.flush().await?;
+                self.flush_and_wait().await?;
                 if !self.live(&tp, r.epoch) {
                     // Fenced: another process owns these offsets; this one re-reads from the ledger.
                     return Ok(());
@@ -1032,9 +1100,11 @@ impl State {
         Ok(())
     }
 
-    /// Commits the buffered rows and the ledger in one snapshot. Retries transient failures with
-    /// backoff (logged once per episode); on a fence, drops the batch and re-reads from the ledger.
-    async fn flush(&mut self) -> Result<(), LoadError> {
+    /// Hands the buffered rows, dead letters and offsets to the committer as one batch (only while
+    /// it is idle). From here on, the next batch of each partition starts where this one ends.
+    /// Returns whether a batch was sealed.
+    async fn seal(&mut self) -> Result<bool, LoadError> {
+        debug_assert!(!self.committer.busy(), "batches are sealed one at a time");
         self.last_commit = Instant::now();
         let mut gaps = Vec::new();
         let ranges: Vec<OffsetRange> = self
@@ -1055,172 +1125,69 @@ impl State {
             })
             .collect();
         if ranges.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
-        let started = Instant::now();
         let mut batch = self.decoder.finish();
         let mut letters = std::mem::take(&mut self.dead_letters);
+        self.dead_letter_bytes = 0;
         let check_summary = self.run_checks(&mut batch, &mut letters)?;
-        let rows = batch.num_rows();
-        let (oldest_ms, newest_ms) = (self.batch_oldest_ms.take(), self.batch_newest_ms.take());
-        let table = retrying!("loading the table", self.engine.load());
-        // The fence, checked before anything is written for this batch: a writer that lost its
-        // partitions writes neither data files nor dead letters (DESIGN.md §3). The commit checks
-        // it again on the exact base it swaps.
-        let ledger = self.ledger_of(&table)?;
-        let violations = ledger.check(&ranges);
-        if !violations.is_empty() {
-            self.fenced(violations, ledger, Vec::new()).await;
-            self.follow_schema(&table.metadata)?;
-            return Ok(());
+        for r in &ranges {
+            let p = self.partitions.get_mut(&r.tp).expect("ranges come from partitions");
+            p.expected = Some(r.end);
+            p.first = None;
+            p.moved = false;
+            p.gaps.clear();
         }
-        let mut staged = if batch.num_rows() > 0 {
-            let file_io = self.engine.catalog().file_io();
-            retrying!(
-                "writing data files",
-                crate::write::write_staged(
-                    file_io,
-                    &table.metadata,
-                    &self.decoder_schema,
-                    vec![batch.clone()],
-                    self.target_file_size
-                )
-            )
-        } else {
-            crate::write::StagedFiles { files: Vec::new(), written_at: Instant::now() }
+        let sealed = Sealed {
+            ranges,
+            gaps,
+            batch,
+            schema: self.decoder_schema.clone(),
+            letters,
+            check_summary,
+            oldest_ms: self.batch_oldest_ms.take(),
+            newest_ms: self.batch_newest_ms.take(),
+            sealed_at: Instant::now(),
         };
-        let files = staged.files.clone();
-        let written: Vec<String> = staged.paths();
-        let spec_id = table.metadata.default_partition_spec_id();
-        let mut append = Append::new(self.pipeline.clone(), ranges.clone(), files, spec_id);
-        if !gaps.is_empty() {
-            append.summary.insert(crate::ledger::SUMMARY_GAPS.to_owned(), gaps.join(","));
-        }
-        if let Some(text) = check_summary {
-            append.summary.insert(crate::ledger::SUMMARY_CHECKS.to_owned(), text);
-        }
-        let mut letter_kinds: BTreeMap<String, u64> = BTreeMap::new();
-        for l in &letters {
-            *letter_kinds.entry(l.error.kind().as_str().to_owned()).or_default() += 1;
-        }
-        if !letters.is_empty() {
-            let kinds = &letter_kinds;
-            let text: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}={n}")).collect();
-            append.summary.insert(crate::ledger::SUMMARY_DEAD_LETTERS.to_owned(), text.join(","));
-        }
-        // Dead letters are written before the commit that moves the ledger past them.
-        if !letters.is_empty() {
-            if let Some(dlq) = &self.dlq_table {
-                let go_on = retrying!("writing dead letters to the table", dlq.write(&letters, &ranges));
-                if !go_on {
-                    // The dead-letter table's own fence says another writer owns these offsets.
-                    return self.fenced_on_reload(&ranges, written).await;
-                }
-            }
-            if let Some(dlq) = &self.dlq_topic {
-                let engine = &self.engine;
-                let pipeline = &self.pipeline;
-                let sent = retrying!(
-                    "writing dead letters to the topic",
-                    dlq.write(&letters, &ranges, table.metadata.properties(), async || match engine.load().await {
-                        Ok(now) => Ledger::from_properties(now.metadata.properties(), pipeline)
-                            .is_ok_and(|l| l.check(&ranges).is_empty()),
-                        // Unknown: go on; the commit checks the fence on its exact base anyway.
-                        Err(_) => true,
-                    })
-                );
-                match sent {
-                    Some(positions) => append.properties.extend(positions),
-                    None => {
-                        return self.fenced_on_reload(&ranges, written).await;
-                    }
-                }
+        self.committer.send(sealed).await?;
+        Ok(true)
+    }
+
+    /// Commits everything read so far and waits until it is committed (or fenced): before
+    /// partitions are given up, before a schema change, before stopping.
+    async fn flush_and_wait(&mut self) -> Result<(), LoadError> {
+        loop {
+            if self.committer.busy() {
+                let done = self.committer.next().await?;
+                self.on_done(done).await?;
+            } else if !(self.has_pending() && self.seal().await?) {
+                break;
             }
         }
-        // Files staged longer than write::MAX_STAGED_AGE (a long catalog outage) are written again
-        // before the next attempt: remove-orphans may delete unreferenced files older than 4x that
-        // (DESIGN.md §4), and a commit must never land pointing at deleted files.
-        let mut superseded: Vec<String> = Vec::new();
-        let mut backoff = Backoff::new("committing");
-        let outcome = loop {
-            if !staged.files.is_empty() && staged.is_stale() {
-                let now = retrying!("loading the table", self.engine.load());
-                let fresh = retrying!(
-                    "writing data files again",
-                    crate::write::write_staged(
-                        self.engine.catalog().file_io(),
-                        &now.metadata,
-                        &self.decoder_schema,
-                        vec![batch.clone()],
-                        self.target_file_size
-                    )
-                );
-                tracing::warn!(
-                    seconds = staged.age().as_secs(),
-                    files = fresh.files.len(),
-                    "the commit has been retried for longer than data files may stay staged; wrote them again"
-                );
-                superseded.extend(staged.paths());
-                append.files = fresh.files.clone();
-                append.spec_id = now.metadata.default_partition_spec_id();
-                staged = fresh;
-            }
-            match self.engine.commit(&mut append).await {
-                Ok(o) => {
-                    backoff.recovered();
-                    break o;
-                }
-                Err(e) if e.is_transient() => {
-                    telemetry::commit_failing(&self.live, &self.table_label, &e);
-                    backoff.wait(&e).await
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        let written: Vec<String> = if superseded.is_empty() { written } else { staged.paths() };
-        match &outcome {
-            // Recognised as an earlier attempt of this batch that landed: which file set it used is
-            // not known here, so nothing is deleted (remove-orphans collects the other set).
-            AppendOutcome::Committed { attempts: 0, .. } => {}
-            AppendOutcome::Committed { .. } => crate::write::delete_files(self.engine.catalog().file_io(), superseded).await,
-            AppendOutcome::Fenced { .. } => crate::write::delete_files(self.engine.catalog().file_io(), superseded).await,
-        }
-        match outcome {
-            AppendOutcome::Committed { snapshot_id, attempts, .. } => {
+        self.pace();
+        Ok(())
+    }
+
+    /// The committer finished a batch.
+    async fn on_done(&mut self, done: Done) -> Result<(), LoadError> {
+        match done {
+            Done::Committed { ranges, table } => {
                 self.report.commits += 1;
                 let mut offsets = Vec::new();
                 for r in &ranges {
                     if let Some(p) = self.partitions.get_mut(&r.tp) {
-                        p.expected = Some(r.end);
-                        p.first = None;
-                        p.moved = false;
-                        p.gaps.clear();
+                        p.committed = Some(r.end);
                     }
                     offsets.push((r.tp.clone(), r.end));
                 }
                 let _ = self.commands.send(Command::CommitOffsets(offsets));
-                telemetry::batch_committed(
-                    &self.live,
-                    &telemetry::Committed {
-                        table: &self.table_label,
-                        rows: rows as u64,
-                        files: written.len(),
-                        bytes: staged.files.iter().map(|f| f.file_size_in_bytes()).sum(),
-                        snapshot_id,
-                        attempts,
-                        duration: started.elapsed(),
-                        oldest_ms,
-                        newest_ms,
-                        dead_letters: &letter_kinds,
-                    },
-                );
+                self.follow_schema(&table.metadata).await
             }
-            AppendOutcome::Fenced { violations, ledger } => {
-                self.fenced(violations, ledger, written).await;
+            Done::Fenced { ranges, violations, ledger, table } => {
+                self.fenced(&ranges, violations, ledger);
+                self.follow_schema(&table.metadata).await
             }
         }
-        self.follow_schema(&table.metadata)?;
-        Ok(())
     }
 
     /// Evaluates the data checks on the batch about to be written: reports every failing check,
@@ -1264,7 +1231,7 @@ impl State {
                             f.name,
                             f.rule
                         );
-                        letters.push(DeadLetter { record: record.clone(), error: RecordError::check_failed(&f.column, message, origin) });
+                        letters.push(DeadLetter { record: record.detached(), error: RecordError::check_failed(&f.column, message, origin) });
                     }
                 }
             }
@@ -1284,28 +1251,35 @@ impl State {
         Ok(Some(crate::checks::summary(&findings)))
     }
 
-    /// Another writer committed (some of) this batch's offsets: drop the batch, delete its data
-    /// files, and re-read every partition from the ledger under a new epoch, so that nothing read
-    /// before the seek is used.
-    async fn fenced(&mut self, violations: Vec<crate::ledger::FenceViolation>, ledger: Ledger, written: Vec<String>) {
+    /// Another writer committed (some of) the offsets of the batch in flight (`fenced`, whose files
+    /// the committer deleted): drop it and everything read after it, and re-read every partition
+    /// from the ledger under a new epoch, so that nothing read before the seek is used.
+    fn fenced(&mut self, fenced: &[OffsetRange], violations: Vec<crate::ledger::FenceViolation>, ledger: Ledger) {
         self.report.fenced += 1;
         let described: Vec<String> =
             violations.iter().map(|v| format!("{} expected {:?} found {:?}", v.tp, v.expected, v.found)).collect();
         telemetry::batch_fenced(&self.live, &self.table_label, &described);
-        crate::write::delete_files(self.engine.catalog().file_io(), written).await;
-        // The decoder's rows and the dead letters belong to the dropped batch.
+        // The decoder's rows and the dead letters were read after the dropped batch.
         let _ = self.decoder.finish();
         self.dead_letters.clear();
+        self.dead_letter_bytes = 0;
         self.row_origins.clear();
         self.row_records.clear();
+        self.batch_oldest_ms = None;
+        self.batch_newest_ms = None;
         let mut seeks = Vec::new();
         let tps: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
         for tp in tps {
             let epoch = self.new_epoch();
             let p = self.partitions.get_mut(&tp).expect("listed above");
-            // Where this partition's dropped records began: the ledger if it knows the
-            // partition now, else where this batch started reading it.
-            let resume = ledger.get(&tp).or(p.expected).or(p.first);
+            // Where this partition's dropped records began: the ledger if it knows the partition
+            // now, else where the dropped batch (or, if it had none of this partition, the one
+            // being read) started reading it.
+            let dropped_from = match fenced.iter().find(|r| r.tp == tp) {
+                Some(r) => r.expected.or(Some(r.first)),
+                None => p.expected.or(p.first),
+            };
+            let resume = ledger.get(&tp).or(dropped_from);
             *p = PartitionState::new(epoch, ledger.get(&tp));
             if let Some(offset) = resume {
                 p.next = Some(offset);
@@ -1339,15 +1313,21 @@ impl State {
             }
         }
         let table = retrying!("loading the table", self.engine.load());
-        self.follow_schema(&table.metadata)
+        self.follow_schema(&table.metadata).await
     }
 
     /// Picks up a schema change made by anyone (DESIGN.md §5): rows read so far were committed
     /// under the schema they were read with; from now on records are read with the new one.
-    fn follow_schema(&mut self, metadata: &iceberg::spec::TableMetadata) -> Result<(), LoadError> {
+    ///
+    /// Called only while the committer is idle: rows already decoded are sealed first, so they
+    /// are committed under the schema they were read with.
+    async fn follow_schema(&mut self, metadata: &iceberg::spec::TableMetadata) -> Result<(), LoadError> {
         let current = metadata.current_schema();
         if current.schema_id() == self.decoder_schema.schema_id() && current.as_ref() == self.decoder_schema.as_ref() {
             return Ok(());
+        }
+        if self.has_pending() {
+            self.seal().await?;
         }
         self.decoder = decoder_for(current, &self.reshaping.decode, &self.reshaping.metadata, self.engine.table())
             .map_err(|e| LoadError::Config(format!("the table's new schema cannot be read into: {e}")))?;
@@ -1360,64 +1340,6 @@ impl State {
         Ok(())
     }
 }
-
-/// Backoff for transient failures: 100 ms doubling to 2 s, forever (a catalog or storage outage
-/// must not lose data, and the fence keeps a late commit safe). The cap is low so that the first
-/// commit after an outage comes within seconds; each probe is one cheap catalog or storage call. The first failure of an episode is
-/// logged at WARN, the recovery at INFO.
-/// The longest wait between two attempts of a failing call.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-struct Backoff {
-    what: &'static str,
-    delay: Duration,
-    failing_since: Option<Instant>,
-}
-
-impl Backoff {
-    fn new(what: &'static str) -> Self {
-        Backoff {
-            what,
-            delay: Duration::from_millis(100),
-            failing_since: None,
-        }
-    }
-
-    async fn wait(&mut self, error: &dyn std::fmt::Display) {
-        if self.failing_since.is_none() {
-            self.failing_since = Some(Instant::now());
-            tracing::warn!(what = self.what, error = %error, "transient failure; retrying with backoff");
-        } else {
-            tracing::debug!(what = self.what, error = %error, "still failing");
-        }
-        tokio::time::sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(MAX_BACKOFF);
-    }
-
-    fn recovered(&self) {
-        if let Some(since) = self.failing_since {
-            tracing::info!(what = self.what, seconds = since.elapsed().as_secs(), "recovered");
-        }
-    }
-}
-
-/// Retries `f` while it fails transiently.
-macro_rules! retrying {
-    ($what:expr, $call:expr) => {{
-        let mut backoff = Backoff::new($what);
-        loop {
-            match $call.await {
-                Ok(v) => {
-                    backoff.recovered();
-                    break v;
-                }
-                Err(e) if e.is_transient() => backoff.wait(&e).await,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }};
-}
-use retrying;
 
 #[cfg(test)]
 mod tests {

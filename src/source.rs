@@ -28,13 +28,17 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, Timestamp};
 use tokio::sync::mpsc;
 
+use bytes::{Bytes, BytesMut};
+
 use crate::decode::{RawRecord, TimestampType};
 use crate::ledger::TopicPartition;
 
 /// A partition's generation as the loader sees it: bumped at every assignment and seek.
 pub type Epoch = u64;
 
-/// One Kafka record, owned (it crosses from the consumer thread to the loader task).
+/// One Kafka record, owned (it crosses from the consumer thread to the loader task). Key and
+/// value are slices of one buffer per handed-over batch of records (one allocation per batch, not
+/// three per record); [`Record::detached`] copies them out for a record kept longer.
 #[derive(Debug, Clone)]
 pub struct Record {
     pub topic: Arc<str>,
@@ -42,8 +46,8 @@ pub struct Record {
     pub offset: i64,
     /// The partition's epoch when this record was read.
     pub epoch: Epoch,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
     /// Milliseconds since the epoch.
     pub timestamp: Option<i64>,
     /// Who set `timestamp` (None when the record has none).
@@ -52,6 +56,16 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record with its own copy of key and value, so that keeping it (a dead letter) does not
+    /// keep the whole batch's buffer alive.
+    pub fn detached(&self) -> Record {
+        Record {
+            key: self.key.as_deref().map(Bytes::copy_from_slice),
+            value: self.value.as_deref().map(Bytes::copy_from_slice),
+            ..self.clone()
+        }
+    }
+
     /// The record as the decoder sees it.
     pub fn raw(&self) -> RawRecord<'_> {
         RawRecord {
@@ -134,6 +148,10 @@ pub enum Command {
     Seek(Vec<(TopicPartition, i64, Epoch)>),
     /// Commit these next-offsets to the consumer group (for lag monitoring only).
     CommitOffsets(Vec<(TopicPartition, i64)>),
+    /// Stop fetching every assigned partition (and those assigned later) until `Resume`; the
+    /// consumer keeps polling, so it stays in the group and answers rebalances.
+    Pause,
+    Resume,
     /// Leave the group and end the thread.
     Stop,
 }
@@ -142,6 +160,9 @@ pub enum Command {
 const REBALANCE_WAIT: Duration = Duration::from_secs(600);
 /// Records handed over per event at most.
 const MAX_RECORDS_PER_EVENT: usize = 2048;
+
+/// The initial size of a batch's key-and-value buffer (it grows as needed).
+const BATCH_BUFFER: usize = 512 << 10;
 /// How often positions are compared with what was handed over.
 const POSITION_EVERY: Duration = Duration::from_millis(250);
 /// How often the client reports its statistics (the partitions' log ends), in ms.
@@ -183,6 +204,8 @@ impl TrackedPartitions {
 struct LoaderContext {
     events: mpsc::Sender<Event>,
     tracked: Mutex<TrackedPartitions>,
+    /// Whether the loader asked to pause: partitions assigned meanwhile start paused too.
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl LoaderContext {
@@ -284,6 +307,10 @@ impl ConsumerContext for LoaderContext {
                 };
                 if let Err(e) = result {
                     let _ = self.events.try_send(Event::Error(format!("assigning partitions: {e}")));
+                } else if self.paused.load(std::sync::atomic::Ordering::SeqCst)
+                    && let Err(e) = consumer.pause(&assign)
+                {
+                    let _ = self.events.try_send(Event::Error(format!("pausing assigned partitions: {e}")));
                 }
             }
             RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -364,6 +391,7 @@ pub fn spawn(
     let consumer: BaseConsumer<LoaderContext> = config.create_with_context(LoaderContext {
         events: events.clone(),
         tracked: Mutex::new(TrackedPartitions::default()),
+        paused: std::sync::atomic::AtomicBool::new(false),
     })?;
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
@@ -409,13 +437,26 @@ fn poll_loop(
                         tracing::debug!(error = %e, "committing group offsets failed");
                     }
                 }
+                Ok(command @ (Command::Pause | Command::Resume)) => {
+                    let pause = matches!(command, Command::Pause);
+                    consumer.context().paused.store(pause, std::sync::atomic::Ordering::SeqCst);
+                    let result = consumer.assignment().and_then(|assigned| {
+                        if pause { consumer.pause(&assigned) } else { consumer.resume(&assigned) }
+                    });
+                    if let Err(e) = result {
+                        let _ = events.blocking_send(Event::Error(format!("pausing or resuming consumption: {e}")));
+                    }
+                }
                 Err(std_mpsc::TryRecvError::Empty) => break,
             }
         }
         if !pending_seeks.is_empty() && !seek_all(&consumer, &mut pending_seeks, &events) {
             return;
         }
-        let mut batch = Vec::new();
+        let mut batch: Vec<Record> = Vec::new();
+        // Keys and values of this batch, copied once into one buffer; records slice it after.
+        let mut buf = BytesMut::with_capacity(BATCH_BUFFER);
+        let mut spans: Vec<(Option<(usize, usize)>, Option<(usize, usize)>)> = Vec::new();
         let mut out_of_range = false;
         let mut timeout = Duration::from_millis(100);
         while batch.len() < MAX_RECORDS_PER_EVENT {
@@ -437,13 +478,21 @@ fn poll_loop(
                         // Not (or no longer) assigned: epoch 0 is never a live one.
                         None => 0,
                     };
+                    let mut span = |bytes: Option<&[u8]>| {
+                        bytes.map(|b| {
+                            let start = buf.len();
+                            buf.extend_from_slice(b);
+                            (start, buf.len())
+                        })
+                    };
+                    spans.push((span(m.key()), span(m.payload())));
                     batch.push(Record {
                         topic,
                         partition: m.partition(),
                         offset: m.offset(),
                         epoch,
-                        key: m.key().map(<[u8]>::to_vec),
-                        value: m.payload().map(<[u8]>::to_vec),
+                        key: None,
+                        value: None,
                         timestamp: m.timestamp().to_millis(),
                         timestamp_type: match m.timestamp() {
                             Timestamp::NotAvailable => None,
@@ -471,6 +520,11 @@ fn poll_loop(
                 }
                 None => break,
             }
+        }
+        let frozen = buf.freeze();
+        for (r, (key, value)) in batch.iter_mut().zip(spans) {
+            r.key = key.map(|(a, b)| frozen.slice(a..b));
+            r.value = value.map(|(a, b)| frozen.slice(a..b));
         }
         let caught_up = batch.len() < MAX_RECORDS_PER_EVENT;
         if !batch.is_empty() && events.blocking_send(Event::Records(batch)).is_err() {

@@ -18,6 +18,8 @@ pub mod names {
     pub const ROWS_WRITTEN: &str = "floe_rows_written_total";
     pub const BYTES_WRITTEN: &str = "floe_bytes_written_total";
     pub const COMMITS: &str = "floe_commits_total";
+    pub const PAUSED: &str = "floe_consumption_paused";
+    pub const PAUSES: &str = "floe_consumption_pauses_total";
     pub const COMMIT_CONFLICTS: &str = "floe_commit_conflicts_total";
     pub const COMMIT_FAILURES: &str = "floe_commit_failures_total";
     pub const FENCED_BATCHES: &str = "floe_fenced_batches_total";
@@ -47,6 +49,8 @@ pub fn describe() {
     describe_counter!(ROWS_WRITTEN, "Rows committed to the table");
     describe_counter!(BYTES_WRITTEN, Unit::Bytes, "Bytes of data files committed to the table");
     describe_counter!(COMMITS, "Batches committed (data and ledger in one snapshot)");
+    describe_gauge!(PAUSED, "1 while consumption is paused because commit.max_buffered_bytes is reached");
+    describe_counter!(PAUSES, "Times consumption was paused because commit.max_buffered_bytes was reached");
     describe_counter!(COMMIT_CONFLICTS, "Commit attempts that lost the catalog swap to another writer and were redone");
     describe_counter!(COMMIT_FAILURES, "Commit attempts that failed transiently and were retried");
     describe_counter!(FENCED_BATCHES, "Batches dropped because another writer had committed their offsets");
@@ -82,12 +86,22 @@ pub struct Committed<'a> {
     pub files: usize,
     pub bytes: u64,
     pub snapshot_id: Option<i64>,
+    /// The schema the batch's rows were read and written with.
+    pub schema_id: i32,
     pub attempts: u32,
     pub duration: Duration,
     /// Kafka timestamp (ms) of the batch's oldest and newest record, when they carry one.
     pub oldest_ms: Option<i64>,
     pub newest_ms: Option<i64>,
     pub dead_letters: &'a BTreeMap<String, u64>,
+}
+
+/// Consumption paused (buffers full) or resumed.
+pub fn consumption_paused(table: &str, paused: bool) {
+    metrics::gauge!(names::PAUSED, "table" => table.to_owned()).set(if paused { 1.0 } else { 0.0 });
+    if paused {
+        metrics::counter!(names::PAUSES, "table" => table.to_owned()).increment(1);
+    }
 }
 
 /// One committed batch: logs it, counts it, and adds it to the status page's history.
@@ -98,6 +112,7 @@ pub fn batch_committed(live: &Live, c: &Committed<'_>) {
         rows = c.rows,
         files = c.files,
         snapshot = ?c.snapshot_id,
+        schema = c.schema_id,
         attempts = c.attempts,
         millis = c.duration.as_millis() as u64,
         freshness_s = ?freshness,
@@ -510,6 +525,7 @@ mod tests {
             files: 1,
             bytes: 100,
             snapshot_id: Some(1),
+            schema_id: 0,
             attempts: 1,
             duration: Duration::from_millis(20),
             oldest_ms: Some(now_ms() - 2000),

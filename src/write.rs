@@ -64,8 +64,20 @@ pub async fn write_staged(
     batches: Vec<RecordBatch>,
     target_file_size: u64,
 ) -> Result<StagedFiles, WriteError> {
+    write_staged_parallel(file_io, metadata, schema, batches, target_file_size, 1).await
+}
+
+/// [`write_staged`] with the table partitions of the batch encoded on up to `workers` threads.
+pub async fn write_staged_parallel(
+    file_io: &FileIO,
+    metadata: &TableMetadata,
+    schema: &iceberg::spec::SchemaRef,
+    batches: Vec<RecordBatch>,
+    target_file_size: u64,
+    workers: usize,
+) -> Result<StagedFiles, WriteError> {
     let written_at = Instant::now();
-    let files = write_data_files(file_io, metadata, schema, batches, target_file_size).await?;
+    let files = write_files(file_io, metadata, schema, batches, target_file_size, workers).await?;
     Ok(StagedFiles { files, written_at })
 }
 
@@ -144,8 +156,19 @@ pub async fn write_data_files(
     batches: Vec<RecordBatch>,
     target_file_size: u64,
 ) -> Result<Vec<DataFile>, WriteError> {
+    write_files(file_io, metadata, schema, batches, target_file_size, 1).await
+}
+
+async fn write_files(
+    file_io: &FileIO,
+    metadata: &TableMetadata,
+    schema: &iceberg::spec::SchemaRef,
+    batches: Vec<RecordBatch>,
+    target_file_size: u64,
+    workers: usize,
+) -> Result<Vec<DataFile>, WriteError> {
     let locations = Locations::new(metadata).map_err(|e| io_error(metadata.location(), e))?;
-    let result = write_groups(file_io, metadata, schema, batches, target_file_size, &locations).await;
+    let result = write_groups(file_io, metadata, schema, batches, target_file_size, &locations, workers).await;
     if result.is_err() {
         // An abandoned write must not leave files behind: delete every file this call opened
         // (finished ones, rolled-over ones and the one it failed in), before saying it failed.
@@ -175,6 +198,7 @@ async fn write_groups(
     batches: Vec<RecordBatch>,
     target_file_size: u64,
     locations: &Locations,
+    workers: usize,
 ) -> Result<Vec<DataFile>, WriteError> {
     let location = metadata.location();
     let io_err = |e: iceberg::Error| io_error(location, e);
@@ -207,20 +231,80 @@ async fn write_groups(
             .collect()
     };
 
-    let mut files = Vec::new();
-    for (key, parts) in groups {
-        if parts.iter().all(|b| b.num_rows() == 0) {
-            continue;
+    let groups: Vec<(Option<PartitionKey>, Vec<RecordBatch>)> =
+        groups.into_iter().filter(|(_, parts)| parts.iter().any(|b| b.num_rows() > 0)).collect();
+    // Each group's writer is independent: on a multi-threaded runtime the groups are encoded on
+    // threads of their own (at most `workers` at once), off the runtime's worker threads, which
+    // stay free for the reader and the consumer's events. Elsewhere (tests on a current-thread
+    // runtime) they are written in turn.
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if !multi_thread {
+        let mut files = Vec::new();
+        for (key, parts) in groups {
+            files.extend(write_group(&builder, key, parts).await.map_err(io_err)?);
         }
-        let mut writer = builder.build(key).await.map_err(io_err)?;
-        for part in parts {
-            if part.num_rows() > 0 {
-                writer.write(part).await.map_err(io_err)?;
+        return Ok(files);
+    }
+    let lanes = workers.clamp(1, groups.len().max(1));
+    let mut lane_groups: Vec<Vec<(Option<PartitionKey>, Vec<RecordBatch>)>> = (0..lanes).map(|_| Vec::new()).collect();
+    // Largest groups first, each to the lane with the fewest rows so far.
+    let mut groups = groups;
+    groups.sort_by_key(|(_, parts)| std::cmp::Reverse(parts.iter().map(RecordBatch::num_rows).sum::<usize>()));
+    let mut lane_rows = vec![0usize; lanes];
+    for g in groups {
+        let rows: usize = g.1.iter().map(RecordBatch::num_rows).sum();
+        let lane = (0..lanes).min_by_key(|&i| lane_rows[i]).expect("at least one lane");
+        lane_rows[lane] += rows;
+        lane_groups[lane].push(g);
+    }
+    let handle = tokio::runtime::Handle::current();
+    let write_lane = |lane: Vec<(Option<PartitionKey>, Vec<RecordBatch>)>| {
+        handle.block_on(async {
+            let mut files = Vec::new();
+            for (key, parts) in lane {
+                files.extend(write_group(&builder, key, parts).await?);
             }
+            Ok::<_, iceberg::Error>(files)
+        })
+    };
+    let results: Vec<iceberg::Result<Vec<DataFile>>> = tokio::task::block_in_place(|| {
+        if lane_groups.len() == 1 {
+            return lane_groups.into_iter().map(write_lane).collect();
         }
-        files.extend(writer.close().await.map_err(io_err)?);
+        std::thread::scope(|scope| {
+            let running: Vec<_> = lane_groups
+                .into_iter()
+                .map(|lane| {
+                    std::thread::Builder::new()
+                        .name("floe-encode".into())
+                        .spawn_scoped(scope, || write_lane(lane))
+                        .expect("spawning an encoding thread")
+                })
+                .collect();
+            running.into_iter().map(|t| t.join().expect("an encoding thread panicked")).collect()
+        })
+    });
+    let mut files = Vec::new();
+    for r in results {
+        files.extend(r.map_err(io_err)?);
     }
     Ok(files)
+}
+
+/// Writes one partition's rows (rolling over to new files at the target size).
+async fn write_group<B: IcebergWriterBuilder>(
+    builder: &B,
+    key: Option<PartitionKey>,
+    parts: Vec<RecordBatch>,
+) -> iceberg::Result<Vec<DataFile>> {
+    let mut writer = builder.build(key).await?;
+    for part in parts {
+        if part.num_rows() > 0 {
+            writer.write(part).await?;
+        }
+    }
+    writer.close().await
 }
 
 /// The rows of `batches` grouped by partition value, in order of first appearance. The key is

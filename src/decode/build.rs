@@ -104,6 +104,8 @@ pub(crate) struct Cx {
     pub field_case: Option<FieldCase>,
     pub case_insensitive: bool,
     pub ignored: u64,
+    /// Of `ignored`, the fields of the row itself (not of a nested object).
+    pub ignored_top: u64,
 }
 
 impl Cx {
@@ -122,6 +124,7 @@ impl Cx {
             field_case,
             case_insensitive,
             ignored: 0,
+            ignored_top: 0,
         }
     }
 }
@@ -343,6 +346,9 @@ impl StructCols {
                 Some(_) => cur.skip(None, depth + 1)?,
                 None => {
                     cx.ignored += 1;
+                    if depth == 0 {
+                        cx.ignored_top += 1;
+                    }
                     cur.skip(None, depth + 1)?;
                 }
             }

@@ -426,7 +426,7 @@ impl Decoder {
     /// Decodes one Kafka record (its value, and the metadata columns from the rest) and appends
     /// it. On error nothing of this record is kept.
     pub fn append_record(&mut self, record: &RawRecord) -> Result<(), RecordError> {
-        let ignored = self.cx.ignored;
+        let (ignored, ignored_top) = (self.cx.ignored, self.cx.ignored_top);
         let value = record.value.unwrap_or(b"null");
         match self.append_row(value, record) {
             Ok(()) => {
@@ -436,6 +436,7 @@ impl Decoder {
             Err(fail) => {
                 self.root.truncate(self.rows);
                 self.cx.ignored = ignored;
+                self.cx.ignored_top = ignored_top;
                 Err(fail.into_record_error(&record.origin()))
             }
         }
@@ -589,6 +590,12 @@ impl Decoder {
     /// JSON fields not in the table, skipped since this decoder was made (never reset).
     pub fn ignored_fields(&self) -> u64 {
         self.cx.ignored
+    }
+
+    /// Of [`ignored_fields`](Self::ignored_fields), those that were fields of a row itself, not
+    /// of an object nested in it (only these can become new columns).
+    pub fn ignored_top_level_fields(&self) -> u64 {
+        self.cx.ignored_top
     }
 
     /// Takes the rows appended so far as one record batch and resets.

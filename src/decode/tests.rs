@@ -432,6 +432,8 @@ fn extra_fields_are_ignored_and_counted() {
         ],
     );
     assert_eq!(dec.ignored_fields(), 3);
+    // `z` and `w` are fields of the row; `y` is one of the nested object `n`.
+    assert_eq!(dec.ignored_top_level_fields(), 2);
     assert_eq!(
         b.column(0).as_primitive::<Int64Type>().values().to_vec(),
         [1, 2]
@@ -439,6 +441,9 @@ fn extra_fields_are_ignored_and_counted() {
     // Counting does not reset with finish.
     batch(&mut dec, &[r#"{"b": 1, "a": 3}"#]);
     assert_eq!(dec.ignored_fields(), 4);
+    assert_eq!(dec.ignored_top_level_fields(), 3);
+    batch(&mut dec, &[r#"{"a": 4, "n": {"x": 1, "extra": true}}"#]);
+    assert_eq!((dec.ignored_fields(), dec.ignored_top_level_fields()), (5, 3));
 }
 
 #[test]

@@ -75,10 +75,11 @@ def samples(ms: dict, name: str) -> dict[frozenset, float]:
 
 
 def backlog_pipeline(tmp_path: Path, floe_bin: str, kafka_bootstrap: str, procs, extra: str = "") -> Pipeline:
-    """A pipeline that commits only when 1 MiB is buffered (the interval is an hour): after the
-    records stop, the rest stays buffered, so the table lags the topic by a fixed backlog."""
+    """A pipeline that commits only when 1 MiB is buffered (half of max_buffered_bytes; the
+    interval is an hour): after the records stop, the rest stays buffered, so the table lags the
+    topic by a fixed backlog."""
     p = Pipeline(tmp_path / "p", floe_bin, kafka_bootstrap, procs)
-    p.write_config(interval="1h", commit={"max_buffered_bytes": "1MiB"},
+    p.write_config(interval="1h", commit={"max_buffered_bytes": "2MiB"},
                    source={"partition_discovery": "1s"}, extra=LISTEN_ANY + extra)
     p.create_table()
     return p

@@ -198,7 +198,7 @@ class LiveAlter:
 
 SCHEMA_ID = re.compile(r"\(schema (\d+), spec \d+\)")
 CHANGED_LINE = re.compile(r"table schema changed.*\bfrom=(\d+)\b.*\bto=(\d+)\b")
-COMMITTED_LINE = re.compile(r"batch committed.*\bsnapshot=Some\((\d+)\)")
+COMMITTED_LINE = re.compile(r"batch committed.*\bsnapshot=Some\((\d+)\).*\bschema=(\d+)\b")
 
 
 def alter_while_running(p: Pipeline, loader, producer: PhasedProducer | None, sql: str, phase: str,
@@ -259,8 +259,9 @@ def wait_loaded(p: Pipeline, loader, sent: dict[int, Sent]) -> None:
 
 def decoder_schema_per_snapshot(log: str, initial_schema: int) -> tuple[dict[int, int], list[tuple[int, int]]]:
     """From the loader's log: {snapshot id: schema id the loader read its records with}, and the
-    schema changes in order. The loader switches schema right after a commit (or when idle), so
-    a batch is read wholly under the schema in force when it is committed."""
+    schema changes in order. Each commit line names the schema its batch was read with; the loader
+    switches schema between batches, so that is never a schema it had not switched to yet (a
+    batch read before a switch may commit after it: the reader goes on while a batch commits)."""
     current = initial_schema
     per_snapshot: dict[int, int] = {}
     changes = []
@@ -271,7 +272,10 @@ def decoder_schema_per_snapshot(log: str, initial_schema: int) -> tuple[dict[int
             changes.append((frm, to))
             current = to
         elif m := COMMITTED_LINE.search(line):
-            per_snapshot[int(m.group(1))] = current
+            read_with = int(m.group(2))
+            seen = [initial_schema] + [to for _, to in changes]
+            assert read_with in seen[-2:], f"a batch read with schema {read_with}, the loader is at {current}: {line}"
+            per_snapshot[int(m.group(1))] = read_with
     return per_snapshot, changes
 
 
