@@ -500,6 +500,7 @@ async fn status(config: &Config, args: StatusArgs) -> Result<(), Failure> {
             message: report.behind_summary().join("\nerror: "),
             code: 3,
         }),
+        Verdict::Failed => Err(Failure::runtime(report.failures().join("\nerror: "))),
         Verdict::Incomplete => Err(Failure::runtime(format!(
             "the status is incomplete: {}",
             report.problems().join("; ")
