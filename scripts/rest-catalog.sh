@@ -7,13 +7,10 @@
 # binds it to 127.0.0.1, which the fixture's own main class cannot.
 #
 #   scripts/rest-catalog.sh fetch              download the jars and compile the launcher (no-op when there)
-#   scripts/rest-catalog.sh start DIR [WAREHOUSE [PORT]]
+#   scripts/rest-catalog.sh start DIR [WAREHOUSE]
 #                                              start a server in DIR (catalog database DIR/catalog.db,
-#                                              warehouse WAREHOUSE, default DIR/warehouse) on PORT
-#                                              (default 0: any free port); prints
-#                                              http://127.0.0.1:<port> (also written to DIR/uri).
-#                                              Started again in the same DIR (and PORT) after `stop`,
-#                                              it serves the same catalog: an outage and a recovery
+#                                              warehouse WAREHOUSE, default DIR/warehouse); prints
+#                                              http://127.0.0.1:<port> (also written to DIR/uri)
 #   scripts/rest-catalog.sh stop DIR           stop the server started in DIR
 #
 # Starting takes about 3 s once fetched (JVM start and Jetty).
@@ -91,8 +88,7 @@ is_our_server() { # PID -> true if it is a live REST catalog of this script
 alive() { [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null; }
 
 start() {
-  local dir="$1" warehouse="${2:-}" port="${3:-0}"
-  [[ $port =~ ^[0-9]+$ ]] || die "PORT must be a number, got '$port'"
+  local dir="$1" warehouse="${2:-}"
   mkdir -p "$dir"
   dir="$(cd "$dir" && pwd)"
   if [[ -f "$dir/server.pid" ]] && is_our_server "$(cat "$dir/server.pid")" && [[ -s "$dir/uri" ]]; then
@@ -108,7 +104,7 @@ start() {
   local t0=$SECONDS
   # setsid: the server outlives this script, in its own process group.
   setsid java -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp "$CACHE/classes:$CACHE/lib/*" FloeRestCatalog \
-    127.0.0.1 "$port" "file://$warehouse" "$dir/catalog.db" "$dir/port" >"$dir/server.log" 2>&1 </dev/null &
+    127.0.0.1 0 "file://$warehouse" "$dir/catalog.db" "$dir/port" >"$dir/server.log" 2>&1 </dev/null &
   local pid=$!
   echo "$pid" >"$dir/server.pid"
   local deadline=$((SECONDS + START_TIMEOUT))
@@ -156,7 +152,7 @@ usage() {
 
 case "${1:-}" in
   fetch) fetch ;;
-  start) [[ $# -ge 2 ]] || usage; start "$2" "${3:-}" "${4:-0}" ;;
+  start) [[ $# -ge 2 ]] || usage; start "$2" "${3:-}" ;;
   stop) [[ $# -eq 2 ]] || usage; stop "$2" ;;
   *) usage ;;
 esac

@@ -593,4 +593,30 @@ mod tests {
         assert!(snap.freshness_s.unwrap() >= 2.0);
         assert!(live.health().is_ok());
     }
+
+    #[test]
+    fn a_process_is_ready_when_every_pipeline_is_and_a_failed_one_is_named() {
+        let a = std::sync::Arc::new(Live::new("a", "ns.a", &["ta".into()]));
+        let b = std::sync::Arc::new(Live::new("b", "ns.b", &["tb".into()]));
+        for l in [&a, &b] {
+            loader_tick(l, "t", 0, &[part(Some(1), None, Some(1))]);
+        }
+        let both = [a.clone(), b.clone()];
+        assert!(ready_of(&both).is_ok() && health_of(&both).is_ok());
+        b.fail("bad record at offset 7");
+        let why = ready_of(&both).unwrap_err();
+        assert!(why.starts_with("pipeline \"b\": the pipeline stopped on an error: bad record at offset 7"), "{why}");
+        assert!(!why.contains("\"a\""), "{why}");
+        // A failed pipeline's loop no longer turns; that is not the process being stuck.
+        b.lock().last_turn = Instant::now() - STALL_AFTER * 2;
+        assert!(health_of(&both).is_ok());
+        a.lock().last_turn = Instant::now() - STALL_AFTER * 2;
+        assert!(health_of(&both).unwrap_err().starts_with("pipeline \"a\": the loader's loop has not turned"));
+        // One pipeline: the reason as before, without a name.
+        assert!(ready_of(&[b.clone()]).unwrap_err().starts_with("the pipeline stopped on an error"));
+        let all = snapshot_of(&both);
+        assert!(!all.ready && !all.healthy);
+        assert_eq!(all.pipelines.iter().map(|p| p.pipeline.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(all.pipelines[1].failed.as_deref(), Some("bad record at offset 7"));
+    }
 }
