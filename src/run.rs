@@ -13,6 +13,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tracing::Instrument as _;
+
 use crate::config::{Config, OnPipelineFailure};
 use crate::loader::{LoadError, Loader, RunReport};
 use crate::telemetry::Live;
@@ -65,12 +67,17 @@ pub async fn run(
         let live = loader.live();
         clear_failure(data_dir, &name);
         let mut stopped = stopped.clone();
-        tasks.spawn(async move {
-            let signal = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            (name, live, loader.run(signal).await)
-        });
+        // With several pipelines every log line of one says which (`pipeline{name=...}:`).
+        let span = if several { tracing::info_span!("pipeline", name = %name) } else { tracing::Span::none() };
+        tasks.spawn(
+            async move {
+                let signal = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                (name, live, loader.run(signal).await)
+            }
+            .instrument(span),
+        );
     }
     let mut shutdown = std::pin::pin!(shutdown);
     let mut shutting_down = false;

@@ -10,8 +10,11 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -42,6 +45,9 @@ def block(p: Pipeline, *, topics: str | None = None, extra: str = "") -> str:
              topics or f"topics = [{toml_str(p.topic)}]", f"table = {toml_str(p.table_name)}"]
     if p.catalog_spec.kind == "rest":
         lines += ["[pipeline.catalog]", 'type = "rest"', f"uri = {toml_str(p.catalog_spec.rest_uri)}"]
+    elif p.catalog_spec.kind == "postgres":
+        lines += ["[pipeline.catalog]", f"uri = {toml_str(p.catalog_spec.pg_uri)}",
+                  f"name = {toml_str(p.catalog_spec.name)}", f"warehouse = {toml_str(str(p.warehouse))}"]
     return "\n".join(lines) + "\n" + extra
 
 
@@ -199,6 +205,82 @@ def test_one_catalog_down_the_other_table_keeps_committing(tmp_path, floe_bin, k
                 assert got[rid]["integer"] == rec["integer"] and got[rid]["string"] == rec["string"], (rid, got[rid], rec)
     finally:
         rest.stop()
+
+
+class PgServer:
+    """A PostgreSQL server of this test's own (scripts/postgres.sh), stopped and started again on
+    the same port: the catalog of one pipeline goes down and comes back."""
+
+    def __init__(self) -> None:
+        # Not under pytest's tmp_path: the server runs as user postgres, which must enter the dir.
+        self.root = Path(tempfile.mkdtemp(prefix="floe-pg-", dir="/tmp"))
+        self.root.chmod(0o755)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.uri = ""
+
+    def _script(self, *args: str) -> str:
+        r = subprocess.run([str(REPO / "scripts" / "postgres.sh"), *args], capture_output=True, text=True,
+                           timeout=120, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, f"postgres.sh {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+        return r.stdout.strip()
+
+    def start(self) -> None:
+        self.uri = self._script("start", str(self.root / "pg"), str(self.port))
+
+    def stop(self) -> None:
+        self._script("stop", str(self.root / "pg"))
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def test_a_catalog_down_and_back_the_other_table_keeps_committing(tmp_path, floe_bin, kafka_bootstrap, procs):
+    pg = PgServer()
+    pg.start()
+    try:
+        a = Pipeline(tmp_path / "a", floe_bin, kafka_bootstrap, procs, prefix="floe-mpg-a")
+        b = sibling(a, tmp_path / "b", procs, "floe-mpg-b", catalog=CatalogSpec("postgres", "floe", pg_uri=pg.uri))
+        config = write_multi(tmp_path / "multi.toml", a.data_dir, kafka_bootstrap, [block(a), block(b)],
+                             top='[http]\nlisten = "127.0.0.1:0"\n')
+        a.create_table()
+        b.create_table()
+        total = 3_000
+        streams = [p.publish_in_background(total, 1, 2, rate=150) for p in (a, b)]
+        loader = start(a, config, "multi")
+        addr = address(loader)
+        for p in (a, b):
+            wait_until(f"rows in {p.table_name} ({p.catalog_spec.kind})", lambda p=p: p.committed_rows() > 0,
+                       timeout=60, alive=[loader])
+
+        # B's catalog (PostgreSQL) goes down: B's commits fail and are retried; A goes on.
+        pg.stop()
+        outage = time.monotonic()
+        before = snapshots(a)
+        wait_until("5 new snapshots in A's table while B's catalog is down",
+                   lambda: snapshots(a) >= before + 5, timeout=60, alive=[loader])
+        b_retries = re.compile(rf"WARN pipeline{{name={re.escape(b.group)}}}: floe::loader: transient failure; retrying")
+        wait_until("B's loader to retry", lambda: b_retries.search(loader.log()), timeout=60, alive=[loader])
+        assert get(addr, f"/ready?pipeline={a.group}")[0] == 200, get(addr, f"/ready?pipeline={a.group}")
+        assert get(addr, "/health")[0] == 200, get(addr, "/health")
+        time.sleep(max(0.0, 8 - (time.monotonic() - outage)))  # an outage of 8 s at least
+        print(f"A committed {snapshots(a) - before} snapshots in {time.monotonic() - outage:.1f}s of B's outage")
+        pg.start()
+
+        produced = [s.join(timeout=120) for s in streams]
+        for p in (a, b):
+            p.wait_rows(total, timeout=120, alive=[loader])
+        wait_until("/ready once B commits again", lambda: get(addr, "/ready")[0] == 200, timeout=60, alive=[loader])
+        loader.sigterm_ok()
+        assert not re.search(rf"WARN pipeline{{name={re.escape(a.group)}}}: floe::loader: transient failure", loader.log())
+        for p, prod in zip((a, b), produced):
+            assert_each_id_once(p.ids().to_pylist(), range(1, total + 1))
+            assert p.ledger() == p.end_offsets(), f"{p.group}: ledger {p.ledger()} vs ends {p.end_offsets()}"
+            assert_rows_equal(p.table(), dict(list(prod.records.items())[:50]))
+    finally:
+        pg.remove()
 
 
 def test_sigkill_while_both_load_then_restart(tmp_path, floe_bin, kafka_bootstrap, procs):
