@@ -35,6 +35,8 @@ from loader_harness import (
     wait_until,
 )
 
+# Records sent to the healthy pipeline while the other one's catalog is out.
+EXTRA = 1_500
 ADDR = re.compile(r"http listener started: metrics at http://([0-9.]+:[0-9]+)/metrics")
 
 
@@ -171,8 +173,10 @@ def test_one_catalog_down_the_other_table_keeps_committing(tmp_path, floe_bin, k
         assert [s["pipeline"] for s in status["pipelines"]] == [a.group, b.group], status
         assert [s["table"] for s in status["pipelines"]] == [a.table_name, b.table_name], status
 
-        # B's catalog stops answering: B's commit hangs in its request; A goes on committing.
+        # B's catalog stops answering: B's commit hangs in its request; A goes on committing
+        # (records keep coming for A during the outage, whatever the first stream's pace).
         rest.freeze()
+        more = a.publish_in_background(EXTRA, total + 1, 2, rate=100)
         try:
             before = snapshots(a)
             outage = time.monotonic()
@@ -192,12 +196,14 @@ def test_one_catalog_down_the_other_table_keeps_committing(tmp_path, floe_bin, k
             rest.thaw()
 
         produced = [s.join(timeout=120) for s in streams]
+        more.join(timeout=120)
+        wanted = {a: total + EXTRA, b: total}
         for p in (a, b):
-            p.wait_rows(total, timeout=120, alive=[loader])
+            p.wait_rows(wanted[p], timeout=120, alive=[loader])
         wait_until("/ready once B commits again", lambda: get(addr, "/ready")[0] == 200, timeout=60, alive=[loader])
         loader.sigterm_ok()
         for p, prod in zip((a, b), produced):
-            assert_each_id_once(p.ids().to_pylist(), range(1, total + 1))
+            assert_each_id_once(p.ids().to_pylist(), range(1, wanted[p] + 1))
             assert p.ledger() == p.end_offsets(), f"{p.group}: ledger {p.ledger()} vs ends {p.end_offsets()}"
             sample = dict(list(prod.records.items())[:50])
             got = {r["id"]: r for r in p.table().scan().to_arrow().to_pylist() if r["id"] in sample}
@@ -255,8 +261,10 @@ def test_a_catalog_down_and_back_the_other_table_keeps_committing(tmp_path, floe
             wait_until(f"rows in {p.table_name} ({p.catalog_spec.kind})", lambda p=p: p.committed_rows() > 0,
                        timeout=60, alive=[loader])
 
-        # B's catalog (PostgreSQL) goes down: B's commits fail and are retried; A goes on.
+        # B's catalog (PostgreSQL) goes down: B's commits fail and are retried; A goes on (records
+        # keep coming for A during the outage, whatever the first stream's pace).
         pg.stop()
+        more = a.publish_in_background(EXTRA, total + 1, 2, rate=100)
         outage = time.monotonic()
         before = snapshots(a)
         wait_until("5 new snapshots in A's table while B's catalog is down",
@@ -268,15 +276,18 @@ def test_a_catalog_down_and_back_the_other_table_keeps_committing(tmp_path, floe
         time.sleep(max(0.0, 8 - (time.monotonic() - outage)))  # an outage of 8 s at least
         print(f"A committed {snapshots(a) - before} snapshots in {time.monotonic() - outage:.1f}s of B's outage")
         pg.start()
+        b._catalog = None  # pyiceberg's pooled connections died with the server: connect again
 
         produced = [s.join(timeout=120) for s in streams]
+        more.join(timeout=120)
+        wanted = {a: total + EXTRA, b: total}
         for p in (a, b):
-            p.wait_rows(total, timeout=120, alive=[loader])
+            p.wait_rows(wanted[p], timeout=120, alive=[loader])
         wait_until("/ready once B commits again", lambda: get(addr, "/ready")[0] == 200, timeout=60, alive=[loader])
         loader.sigterm_ok()
         assert not re.search(rf"WARN pipeline{{name={re.escape(a.group)}}}: floe::loader: transient failure", loader.log())
         for p, prod in zip((a, b), produced):
-            assert_each_id_once(p.ids().to_pylist(), range(1, total + 1))
+            assert_each_id_once(p.ids().to_pylist(), range(1, wanted[p] + 1))
             assert p.ledger() == p.end_offsets(), f"{p.group}: ledger {p.ledger()} vs ends {p.end_offsets()}"
             assert_rows_equal(p.table(), dict(list(prod.records.items())[:50]))
     finally:
