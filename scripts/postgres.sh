@@ -2,8 +2,11 @@
 # A throwaway PostgreSQL server for tests, from Debian's packages. It never touches the system
 # cluster: its own data dir, a free port on 127.0.0.1, and its unix socket in DIR.
 #
-#   scripts/postgres.sh start DIR   initdb (first time) + start; prints postgresql://floe:floe@127.0.0.1:<port>/floe
-#                                   (also written to DIR/uri)
+#   scripts/postgres.sh start DIR [PORT]
+#                                   initdb (first time) + start on PORT (default: a free port); prints
+#                                   postgresql://floe:floe@127.0.0.1:<port>/floe (also written to DIR/uri).
+#                                   Started again with the same DIR and PORT after `stop`, it serves
+#                                   the same databases at the same address (an outage and a recovery)
 #   scripts/postgres.sh stop DIR    stop it (fast shutdown)
 #
 # As root, the server runs as the `postgres` OS user (initdb refuses root), so DIR is chowned to it and
@@ -53,7 +56,8 @@ running() { # DIR -> true if the server of DIR/pgdata is up
 }
 
 start() {
-  local dir="$1"
+  local dir="$1" port="${2:-}"
+  [[ -z $port || $port =~ ^[0-9]+$ ]] || die "PORT must be a number, got '$port'"
   mkdir -p "$dir"
   dir="$(cd "$dir" && pwd)"
   ensure_installed
@@ -95,8 +99,7 @@ include_if_exists = 'floe.conf'
 EOF
   fi
 
-  local port
-  port="$(free_port)"
+  [[ -n $port ]] || port="$(free_port)"
   as_owner tee "$dir/pgdata/floe.conf" >/dev/null <<EOF
 port = $port
 unix_socket_directories = '$dir'
@@ -154,9 +157,8 @@ usage() {
   exit 2
 }
 
-[[ $# -eq 2 ]] || usage
-case "$1" in
-  start) start "$2" ;;
-  stop) stop "$2" ;;
+case "${1:-}" in
+  start) [[ $# -eq 2 || $# -eq 3 ]] || usage; start "$2" "${3:-}" ;;
+  stop) [[ $# -eq 2 ]] || usage; stop "$2" ;;
   *) usage ;;
 esac

@@ -44,7 +44,15 @@ pub struct Config {
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Name of the pipeline whose ledger this process keeps; defaults to the Kafka `group.id`.
+    /// (With `[[pipeline]]` blocks, each block's `name`; see [`crate::pipelines`].)
     pub pipeline: Option<String>,
+    /// With several `[[pipeline]]` blocks: what a pipeline's permanent error does to the others.
+    #[serde(default)]
+    pub on_pipeline_failure: OnPipelineFailure,
+    /// The `[[pipeline]]` blocks, each resolved into a whole single-pipeline configuration (the
+    /// top-level sections are its defaults). Empty: this configuration is the one pipeline.
+    #[serde(skip)]
+    pub pipelines: Vec<Config>,
     #[serde(default)]
     pub catalog: CatalogConfig,
     /// librdkafka properties, passed through as written (`bootstrap.servers`, `security.protocol`,
@@ -82,6 +90,19 @@ pub struct Config {
     /// AWS settings shared by S3, Glue and Secrets Manager.
     #[serde(default)]
     pub aws: AwsConfig,
+}
+
+/// `on_pipeline_failure`: what a permanent error of one pipeline does to the other pipelines of
+/// the process.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnPipelineFailure {
+    /// The others go on; the failed one is reported (ERROR log, `/ready`, `/status.json`) and
+    /// the process exits non-zero when it ends.
+    #[default]
+    Continue,
+    /// Every pipeline commits what it buffered and stops; the process exits non-zero.
+    Stop,
 }
 
 /// `[decode]`: how a record's JSON value becomes a row. Without the section, the whole value is
@@ -855,6 +876,9 @@ fn rest_url(key: &str, uri: &str) -> Result<(), String> {
 pub struct SourceConfig {
     #[serde(default)]
     pub topics: Vec<String>,
+    /// A regular expression: every topic whose whole name matches is read too, including topics
+    /// created later (found within `partition_discovery`).
+    pub topic_pattern: Option<String>,
     /// Where a partition starts when neither the table's ledger nor the consumer group knows it,
     /// for the partitions present when the pipeline first starts. A partition that appears later
     /// (added to a topic the pipeline already reads) always starts at its beginning.
@@ -875,11 +899,60 @@ impl Default for SourceConfig {
     fn default() -> Self {
         SourceConfig {
             topics: Vec::new(),
+            topic_pattern: None,
             start: StartPosition::default(),
             on_data_loss: OnDataLoss::default(),
             partition_discovery: default_partition_discovery(),
         }
     }
+}
+
+impl SourceConfig {
+    /// What the consumer subscribes to: the topics, and the pattern as librdkafka spells a regex
+    /// subscription (a leading `^`; anchored at the end too, so the whole name must match).
+    pub fn subscription(&self) -> Vec<String> {
+        let mut out = self.topics.clone();
+        if let Some(p) = &self.topic_pattern {
+            out.push(subscription_regex(p));
+        }
+        out
+    }
+
+    /// Whether `topic` is one this source reads (a listed topic, or one the pattern matches).
+    pub fn reads(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| t == topic) || self.pattern().is_some_and(|re| re.is_match(topic))
+    }
+
+    /// The compiled pattern (validated when the file was read).
+    pub fn pattern(&self) -> Option<regex::Regex> {
+        self.topic_pattern.as_deref().and_then(|p| regex::Regex::new(&subscription_regex(p)).ok())
+    }
+}
+
+/// A topic pattern is a POSIX extended regular expression (what librdkafka matches with); the
+/// Perl-style classes and groups that Rust's regex would accept but POSIX does not are refused
+/// here rather than silently matching nothing in the consumer.
+fn check_topic_pattern(p: &str) -> Result<(), String> {
+    if p.trim().is_empty() {
+        return Err("the pattern is empty; write a regular expression such as \"orders\\\\..*\"".into());
+    }
+    for (perl, posix) in [("\\d", "[0-9]"), ("\\w", "[[:alnum:]_]"), ("\\s", "[[:space:]]"), ("(?", "(...)"), ("\\b", "^ or $")] {
+        if p.contains(perl) {
+            return Err(format!(
+                "`{perl}` is not POSIX extended regular expression syntax, which librdkafka matches topics with; \
+                 write {posix} instead"
+            ));
+        }
+    }
+    regex::Regex::new(&subscription_regex(p)).map_err(|e| format!("not a regular expression: {e}"))?;
+    Ok(())
+}
+
+/// `p` anchored at both ends, with librdkafka's leading `^` (which marks a regex subscription).
+fn subscription_regex(p: &str) -> String {
+    let body = p.strip_prefix('^').unwrap_or(p);
+    let body = body.strip_suffix('$').unwrap_or(body);
+    format!("^({body})$")
 }
 
 fn default_partition_discovery() -> Duration {
@@ -989,7 +1062,8 @@ impl Config {
         if config.data_dir.is_relative()
             && let Some(dir) = path.parent()
         {
-            config.data_dir = dir.join(&config.data_dir);
+            let dir = dir.join(&config.data_dir);
+            config.set_data_dir(dir);
         }
         Ok(config)
     }
@@ -1021,7 +1095,10 @@ impl Config {
         let mut value = parse_toml(text, origin)?;
         let mut i = Interpolation { origin, env, secrets: Some(secrets), found: Vec::new(), secret_paths: Vec::new() };
         i.table(&mut value, "")?;
-        let mut config = Config::deserialize(value).map_err(|e| ConfigError::Syntax {
+        // `[[pipeline]]` blocks are resolved on the TOML tree (each over the top-level defaults);
+        // what remains is the top level.
+        let blocks = crate::pipelines::take_blocks(&mut value, origin)?;
+        let mut config = Config::deserialize(value.clone()).map_err(|e| ConfigError::Syntax {
             path: origin.to_owned(),
             message: with_suggestion(&e.to_string()),
         })?;
@@ -1031,7 +1108,73 @@ impl Config {
             }
         }
         config.validate(origin)?;
+        if let Some(blocks) = blocks {
+            config.pipelines = crate::pipelines::resolve(&value, &blocks, origin, &i.secret_paths)?;
+        }
         Ok(config)
+    }
+
+    /// Deserializes one resolved `[[pipeline]]` block (the top level merged with the block) and
+    /// validates it as a whole configuration; `at` names the block in errors.
+    pub(crate) fn from_block(value: toml::Table, origin: &str, at: &str) -> Result<Config, ConfigError> {
+        let config = Config::deserialize(value).map_err(|e| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: format!("{at}: {}", with_suggestion(&e.to_string())),
+        })?;
+        config.validate(origin).map_err(|e| match e {
+            ConfigError::Invalid { path, message } => ConfigError::Invalid { path, message: format!("{at}: {message}") },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Sets the data directory, also of every `[[pipeline]]` block (they share it).
+    pub fn set_data_dir(&mut self, dir: PathBuf) {
+        for p in &mut self.pipelines {
+            p.data_dir = dir.clone();
+        }
+        self.data_dir = dir;
+    }
+
+    /// Every pipeline this configuration runs: its `[[pipeline]]` blocks, or itself.
+    pub fn runs(&self) -> Vec<Config> {
+        if self.pipelines.is_empty() { vec![self.clone()] } else { self.pipelines.clone() }
+    }
+
+    /// The names of the `[[pipeline]]` blocks (empty without blocks).
+    pub fn pipeline_names(&self) -> Vec<String> {
+        self.pipelines.iter().filter_map(|p| p.pipeline.clone()).collect()
+    }
+
+    /// The configuration of one pipeline, as `--pipeline NAME` selects it. Without a name, the
+    /// only pipeline; several blocks and no name is an error listing the names.
+    pub fn select(&self, name: Option<&str>) -> Result<Config, String> {
+        if self.pipelines.is_empty() {
+            return match (name, self.pipeline_name()) {
+                (None, _) => Ok(self.clone()),
+                (Some(n), Some(own)) if n == own => Ok(self.clone()),
+                (Some(n), own) => Err(format!(
+                    "--pipeline {n:?}: this config has no [[pipeline]] blocks; its one pipeline is {}; drop \
+                     --pipeline or give that name",
+                    own.map(|o| format!("{o:?}")).unwrap_or_else(|| "unnamed (no `pipeline` or kafka \"group.id\")".into())
+                )),
+            };
+        }
+        let names = self.pipeline_names();
+        let list = names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ");
+        match name {
+            Some(n) => self
+                .pipelines
+                .iter()
+                .find(|p| p.pipeline.as_deref() == Some(n))
+                .cloned()
+                .ok_or_else(|| format!("--pipeline {n:?}: the config has no such [[pipeline]] block; its pipelines are {list}")),
+            None if self.pipelines.len() == 1 => Ok(self.pipelines[0].clone()),
+            None => Err(format!(
+                "the config has {} pipelines ({list}); choose one with --pipeline NAME",
+                self.pipelines.len()
+            )),
+        }
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -1089,6 +1232,9 @@ impl Config {
                 )));
             }
         }
+        if let Some(p) = &self.source.topic_pattern {
+            check_topic_pattern(p).map_err(|m| invalid(format!("source.topic_pattern = {p:?}: {m}")))?;
+        }
         self.kafka.validate().map_err(invalid)?;
         let dl = &self.dead_letter;
         if let Some(r) = dl.max_ratio
@@ -1127,7 +1273,7 @@ impl Config {
             TableName::parse(t).map_err(|m| invalid(format!("dead_letter.table: {m}")))?;
         }
         if let Some(topic) = &dl.topic
-            && self.source.topics.contains(topic)
+            && self.source.reads(topic)
         {
             return Err(invalid(format!(
                 "dead_letter.topic {topic:?} is also a source topic: dead letters would be read again"

@@ -20,11 +20,13 @@ pub mod kafka;
 pub mod ledger;
 pub mod loader;
 pub mod maintain;
+pub mod pipelines;
 pub mod progress;
 #[cfg(feature = "query")]
 pub mod query;
 pub mod replay;
 pub(crate) mod retry;
+pub mod run;
 pub mod sample;
 pub mod secrets;
 pub mod source;

@@ -308,9 +308,9 @@ impl Loader {
                 "kafka \"group.id\" is not set: floe consumes as a consumer group (add it under [kafka])".into(),
             ));
         }
-        if config.source.topics.is_empty() {
+        if config.source.subscription().is_empty() {
             return Err(LoadError::Config(
-                "no topics: set `topics = [\"...\"]` under [source] in the config file".into(),
+                "no topics: set `topics = [\"...\"]` (or `topic_pattern = \"...\"`) under [source] in the config file".into(),
             ));
         }
         let table: TableName = config.table_name().map_err(LoadError::Config)?;
@@ -344,7 +344,7 @@ impl Loader {
         let checks = Checks::compile(&config.checks, loaded.metadata.current_schema())
             .map_err(|m| LoadError::Config(format!("{m} (table {table})")))?;
         crate::kafka::check_reachable(&config.kafka, Duration::from_secs(10)).await?;
-        let live = Arc::new(Live::new(&pipeline, &table.to_string(), &config.source.topics));
+        let live = Arc::new(Live::new(&pipeline, &table.to_string(), &config.source.subscription()));
         Ok(Loader {
             engine: CommitEngine::new(catalog, table),
             pipeline,
@@ -352,6 +352,16 @@ impl Loader {
             live,
             checks,
         })
+    }
+
+    /// The pipeline's name (its ledger's key).
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    /// The table it writes.
+    pub fn table(&self) -> &TableName {
+        self.engine.table()
     }
 
     /// The live state that the HTTP listener serves.
@@ -378,7 +388,7 @@ impl Loader {
             .map(Duration::from_millis)
             .unwrap_or(Duration::from_secs(45));
         let (tx, mut events) = mpsc::channel(16);
-        let (commands, consumer) = source::spawn(client, self.config.source.topics.clone(), tx)
+        let (commands, consumer) = source::spawn(client, self.config.source.subscription(), tx)
             .map_err(|e| LoadError::Config(format!("creating the Kafka consumer: {e}")))?;
         tracing::info!(
             group = self.config.kafka.get("group.id").unwrap_or_default(),
@@ -448,6 +458,7 @@ impl Loader {
             on_data_loss: self.config.source.on_data_loss,
             next_epoch: 1,
             started_topics: BTreeSet::new(),
+            by_pattern: self.config.source.topic_pattern.is_some(),
             session_timeout,
             waiting_since: Some(Instant::now()),
             waiting_logged: None,
@@ -474,7 +485,7 @@ impl Loader {
                 metadata: self.config.metadata.clone(),
             },
         };
-        tracing::info!(pipeline = %state.pipeline, table = %state.engine.table(), topics = ?self.config.source.topics, "loader started");
+        tracing::info!(pipeline = %state.pipeline, table = %state.engine.table(), topics = ?self.config.source.subscription(), "loader started");
         let result = state.main_loop(&mut events, shutdown).await;
         state.committer.stop().await;
         if let Some(m) = maintenance {
@@ -529,6 +540,9 @@ struct State {
     /// Topics this run has been assigned partitions of: a partition of these that the ledger does
     /// not know appeared while the pipeline runs, and starts at its beginning.
     started_topics: BTreeSet<String>,
+    /// The subscription has a topic pattern: a topic the pipeline has not read yet, once it has
+    /// started, was created (or first matched) while it runs, and starts at its beginning.
+    by_pattern: bool,
     /// `session.timeout.ms`, for saying how long a wait for partitions may take.
     session_timeout: Duration,
     /// Since when this process holds no partition (None: it holds some).
@@ -845,6 +859,8 @@ impl State {
         // run (not this one: all partitions of one assignment are equally "present at start").
         let mut known_topics: BTreeSet<String> = ledger.entries().map(|(tp, _)| tp.topic).collect();
         known_topics.extend(self.started_topics.iter().cloned());
+        // With a topic pattern, `start` applies only to the topics of the pipeline's first start.
+        let started = self.by_pattern && !known_topics.is_empty();
         let mut starts = Vec::new();
         let mut lost = None;
         for a in partitions {
@@ -857,6 +873,7 @@ impl State {
                 (None, None) if known_topics.contains(&tp.topic) => {
                     (StartAt::Beginning, "new partition")
                 }
+                (None, None) if started => (StartAt::Beginning, "new topic matching source.topic_pattern"),
                 (None, None) => match self.start {
                     StartPosition::Earliest => (StartAt::Beginning, "source.start"),
                     StartPosition::Latest => (StartAt::End, "source.start"),

@@ -22,6 +22,10 @@ struct Cli {
     /// Override `data_dir` (where the embedded catalog and warehouse live).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// With several `[[pipeline]]` blocks: the one a command is about (`floe run`: run only it).
+    /// Needed when a command needs a pipeline and the config has several.
+    #[arg(long, global = true, value_name = "NAME")]
+    pipeline: Option<String>,
     /// Log filter, e.g. `info`, `debug`, `floe=debug,rdkafka=warn`.
     #[arg(long, global = true, env = "FLOE_LOG", default_value = "info")]
     log: String,
@@ -336,18 +340,48 @@ async fn load_config(cli: &Cli) -> Result<Config, Failure> {
         None => Config::defaults(),
     };
     if let Some(dir) = &cli.data_dir {
-        config.data_dir = dir.clone();
+        config.set_data_dir(dir.clone());
     }
     Ok(config)
 }
 
+/// The configuration a command works with. `needs_pipeline`: the command is about one pipeline
+/// (its table, topics, ledger, dead letters), so with several `[[pipeline]]` blocks `--pipeline`
+/// must say which; otherwise (only the catalog or Kafka is needed) the top level serves unless
+/// `--pipeline` names a block.
+fn pick(config: &Config, name: Option<&str>, needs_pipeline: bool) -> Result<Config, Failure> {
+    if needs_pipeline || name.is_some() {
+        config.select(name).map_err(Failure::usage)
+    } else {
+        Ok(config.clone())
+    }
+}
+
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
-    let config = load_config(&cli).await?;
-    tracing::debug!(?config, "configuration loaded");
+    let all = load_config(&cli).await?;
+    tracing::debug!(config = ?all, "configuration loaded");
+    let name = cli.pipeline.as_deref();
+    let needs_pipeline = match &cli.command {
+        Command::Run | Command::Query { .. } | Command::Catalog(_) => false,
+        Command::Table(TableCommand::Describe { name }) => name.is_none(),
+        Command::Table(_) => false,
+        Command::PublishSample(args) => args.topic.is_none(),
+        Command::Maintain(args) => args.table.is_none(),
+        Command::Status(args) => args.table.is_none(),
+        Command::Skip { .. } | Command::DeadLetters(_) => true,
+    };
+    if let Command::Run = cli.command {
+        let runs = match name {
+            Some(_) => pick(&all, name, true)?,
+            None => all,
+        };
+        return run_loader(runs).await;
+    }
+    let config = pick(&all, name, needs_pipeline)?;
     match cli.command {
         Command::Table(cmd) => table_command(&config, cmd).await,
         Command::PublishSample(args) => publish_sample(config, args).await,
-        Command::Run => run_loader(config).await,
+        Command::Run => unreachable!("handled above"),
         Command::Query { sql } => run_query(&config, &sql).await,
         Command::Skip { topic, partition, offset, reason } => {
             let table = config.table_name().map_err(Failure::usage)?;
@@ -466,6 +500,7 @@ async fn status(config: &Config, args: StatusArgs) -> Result<(), Failure> {
             message: report.behind_summary().join("\nerror: "),
             code: 3,
         }),
+        Verdict::Failed => Err(Failure::runtime(report.failures().join("\nerror: "))),
         Verdict::Incomplete => Err(Failure::runtime(format!(
             "the status is incomplete: {}",
             report.problems().join("; ")
@@ -596,27 +631,41 @@ async fn run_query(_: &Config, _: &str) -> Result<(), Failure> {
     Err(Failure::usage("this floe was built without the `query` feature (cargo build --features query)"))
 }
 
+/// `floe run`: every pipeline of the configuration (or the one `--pipeline` picked), each its own
+/// loader, sharing the HTTP listener and the shutdown signal.
 async fn run_loader(config: Config) -> Result<(), Failure> {
     // Handlers first: a stop request during the startup checks ends the process cleanly too.
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let listen = config.http.listen.clone();
-    let loader = tokio::select! {
-        prepared = floe::loader::Loader::prepare(config) => prepared.map_err(|e| match e {
-            floe::loader::LoadError::Config(_) => Failure::usage(e),
-            other => Failure::runtime(other),
+    let several = !config.pipelines.is_empty();
+    let loaders = tokio::select! {
+        prepared = floe::run::prepare(&config) => prepared.map_err(|p| {
+            let message = if several { format!("pipeline {:?}: {}", p.pipeline, p.error) } else { p.error.to_string() };
+            match p.error {
+                floe::loader::LoadError::Config(_) => Failure::usage(message),
+                _ => Failure::runtime(message),
+            }
         })?,
         () = &mut shutdown => return Ok(()),
     };
     let http = match listen {
-        Some(listen) => Some(floe::http::start(&listen, loader.live()).await.map_err(Failure::usage)?),
+        Some(listen) => Some(floe::http::start(&listen, loaders.iter().map(|l| l.live()).collect()).await.map_err(Failure::usage)?),
         None => None,
     };
-    let result = loader.run(shutdown).await;
+    let outcome = floe::run::run(loaders, config.on_pipeline_failure, &config.data_dir, shutdown).await;
     if let Some(http) = http {
         http.stop().await;
     }
-    result.map_err(Failure::runtime)?;
-    Ok(())
+    match outcome.failed.as_slice() {
+        [] => Ok(()),
+        [one] if !several => Err(Failure::runtime(&one.error)),
+        failed => Err(Failure::runtime(format!(
+            "{} of {} pipelines stopped on an error:\n{}",
+            failed.len(),
+            failed.len() + outcome.finished.len(),
+            failed.iter().map(|p| format!("pipeline {:?}: {}", p.pipeline, p.error)).collect::<Vec<_>>().join("\n")
+        ))),
+    }
 }
 
 /// Installs SIGTERM and SIGINT handlers now; the future resolves on the first of them.

@@ -62,6 +62,9 @@ pub struct ConfiguredPipeline {
     pub table: TableName,
     pub topics: Vec<String>,
     pub start: StartPosition,
+    /// The error its last `floe run` on this host stopped on, and when (ms), as `floe run` left
+    /// it in the data directory; None once the pipeline started again.
+    pub failed: Option<(i64, String)>,
 }
 
 impl StatusOptions {
@@ -75,6 +78,7 @@ impl StatusOptions {
                 table: table.clone(),
                 topics: config.source.topics.clone(),
                 start: config.source.start,
+                failed: crate::run::read_failure(&config.data_dir, name),
             }),
             _ => None,
         };
@@ -134,6 +138,16 @@ pub struct PipelineStatus {
     pub dead_letters: BTreeMap<String, u64>,
     /// Rows that failed each data check (`column:check`), summed over the retained snapshots.
     pub check_failures: BTreeMap<String, u64>,
+    /// The configured pipeline's last `floe run` stopped on this error (and has not started since).
+    pub failed: Option<Failed>,
+}
+
+/// A pipeline that stopped on an error.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failed {
+    pub at: String,
+    pub at_ms: i64,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -248,11 +262,16 @@ pub enum Verdict {
     Behind,
     /// Something could not be read (a table, a ledger, Kafka); nothing known to be behind.
     Incomplete,
+    /// The configured pipeline's last run stopped on an error.
+    Failed,
 }
 
 impl Report {
     pub fn verdict(&self) -> Verdict {
         let pipelines = || self.tables.iter().flat_map(|t| t.pipelines.iter());
+        if pipelines().any(|p| p.failed.is_some()) {
+            return Verdict::Failed;
+        }
         if pipelines().any(|p| p.behind) {
             return Verdict::Behind;
         }
@@ -277,6 +296,19 @@ impl Report {
                         w.partition,
                         self.max_lag.unwrap_or_default()
                     ));
+                }
+            }
+        }
+        out
+    }
+
+    /// One line per pipeline whose last run stopped on an error.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in &self.tables {
+            for p in &t.pipelines {
+                if let Some(f) = &p.failed {
+                    out.push(format!("pipeline {:?} (table {}) stopped on an error at {}: {}", p.name, t.table, f.at, f.error));
                 }
             }
         }
@@ -416,6 +448,10 @@ pub fn pipelines(m: &TableMetadata, configured: Option<&ConfiguredPipeline>, now
             recent: recent(&snapshots, now_ms),
             dead_letters: dead_letters(&snapshots),
             check_failures: summed(&snapshots, crate::ledger::SUMMARY_CHECKS),
+            failed: configured
+                .filter(|_| is_configured)
+                .and_then(|c| c.failed.clone())
+                .map(|(at_ms, error)| Failed { at: rfc3339(at_ms), at_ms, error }),
             name,
         });
     }
@@ -1009,6 +1045,9 @@ impl fmt::Display for PipelineStatus {
         let mark = if self.configured { " (this config's pipeline)" } else { "" };
         let behind = if self.behind { "  BEHIND --max-lag" } else { "" };
         writeln!(f, "  pipeline {}{mark}{behind}", self.name)?;
+        if let Some(x) = &self.failed {
+            writeln!(f, "    FAILED: its last `floe run` stopped on an error at {}: {}", x.at, x.error)?;
+        }
         if let Some(e) = &self.ledger_error {
             writeln!(f, "    ledger unreadable: {e}")?;
         }
@@ -1311,6 +1350,7 @@ mod tests {
             table: TableName::parse("a.b").unwrap(),
             topics: vec!["t".into()],
             start: StartPosition::Earliest,
+            failed: None,
         };
         let mut p = pipelines(&metadata(&[], &[]), Some(&c), NOW).remove(0);
         assert!(p.configured);

@@ -281,6 +281,8 @@ pub struct LiveState {
     pub last_check_failure: Option<String>,
     pub idle_alert_since_ms: Option<i64>,
     pub recent: VecDeque<CommitRow>,
+    /// The permanent error the pipeline stopped on (others of the process may go on).
+    pub failed: Option<String>,
     /// (bucket start ms, rows, max freshness seconds).
     pub series: VecDeque<(i64, u64, Option<f64>)>,
 }
@@ -316,6 +318,7 @@ impl Live {
                 last_check_failure: None,
                 idle_alert_since_ms: None,
                 recent: VecDeque::new(),
+                failed: None,
                 series: VecDeque::new(),
             }),
         }
@@ -365,9 +368,22 @@ impl Live {
         }
     }
 
+    /// Records that the pipeline stopped on a permanent error.
+    pub fn fail(&self, error: &str) {
+        self.lock().failed = Some(error.to_owned());
+    }
+
+    /// The pipeline's name.
+    pub fn pipeline(&self) -> String {
+        self.lock().pipeline.clone()
+    }
+
     /// `/ready`: Err(reason) unless partitions are assigned and the last commit attempt did not fail.
     pub fn ready(&self) -> Result<(), String> {
         let s = self.lock();
+        if let Some(e) = &s.failed {
+            return Err(format!("the pipeline stopped on an error: {e}"));
+        }
         if s.partitions.is_empty() {
             return Err(format!("no partition of {:?} is assigned to this process (yet)", s.topics));
         }
@@ -423,6 +439,7 @@ impl Live {
             check_failures: s.check_failures.clone(),
             last_check_failure: s.last_check_failure.clone(),
             idle_alert_since_ms: s.idle_alert_since_ms,
+            failed: s.failed.clone(),
             recent_commits: s.recent.iter().cloned().collect(),
             bucket_s: BUCKET.as_secs(),
             series,
@@ -456,9 +473,60 @@ pub struct StatusJson {
     pub check_failures: BTreeMap<String, u64>,
     pub last_check_failure: Option<String>,
     pub idle_alert_since_ms: Option<i64>,
+    /// The permanent error the pipeline stopped on.
+    pub failed: Option<String>,
     pub recent_commits: Vec<CommitRow>,
     pub bucket_s: u64,
     pub series: Vec<SeriesPoint>,
+}
+
+/// `/status.json` of a process running several pipelines.
+#[derive(Debug, Serialize)]
+pub struct PipelinesJson {
+    pub now_ms: i64,
+    pub healthy: bool,
+    pub health_reason: Option<String>,
+    pub ready: bool,
+    pub ready_reason: Option<String>,
+    pub pipelines: Vec<StatusJson>,
+}
+
+/// `/health` of a process: every pipeline's loop turns. A pipeline that stopped on a permanent
+/// error does not count (restarting the process would not cure it: it shows on `/ready`).
+pub fn health_of(lives: &[std::sync::Arc<Live>]) -> Result<(), String> {
+    joined(lives, |l| if l.lock().failed.is_some() { Ok(()) } else { l.health() })
+}
+
+/// `/ready` of a process: every pipeline is ready.
+pub fn ready_of(lives: &[std::sync::Arc<Live>]) -> Result<(), String> {
+    joined(lives, Live::ready)
+}
+
+/// The reasons of the pipelines that fail `verdict`, each named when there are several.
+fn joined(lives: &[std::sync::Arc<Live>], verdict: impl Fn(&Live) -> Result<(), String>) -> Result<(), String> {
+    let reasons: Vec<String> = lives
+        .iter()
+        .filter_map(|l| match verdict(l) {
+            Ok(()) => None,
+            Err(r) if lives.len() == 1 => Some(r),
+            Err(r) => Some(format!("pipeline {:?}: {r}", l.pipeline())),
+        })
+        .collect();
+    if reasons.is_empty() { Ok(()) } else { Err(reasons.join("; ")) }
+}
+
+/// The `/status.json` of several pipelines.
+pub fn snapshot_of(lives: &[std::sync::Arc<Live>]) -> PipelinesJson {
+    let health = health_of(lives).err();
+    let ready = ready_of(lives).err();
+    PipelinesJson {
+        now_ms: now_ms(),
+        healthy: health.is_none(),
+        health_reason: health,
+        ready: ready.is_none(),
+        ready_reason: ready,
+        pipelines: lives.iter().map(|l| l.snapshot()).collect(),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -540,5 +608,31 @@ mod tests {
         assert_eq!(snap.series.iter().map(|p| p.rows_per_s).sum::<f64>(), 0.5);
         assert!(snap.freshness_s.unwrap() >= 2.0);
         assert!(live.health().is_ok());
+    }
+
+    #[test]
+    fn a_process_is_ready_when_every_pipeline_is_and_a_failed_one_is_named() {
+        let a = std::sync::Arc::new(Live::new("a", "ns.a", &["ta".into()]));
+        let b = std::sync::Arc::new(Live::new("b", "ns.b", &["tb".into()]));
+        for l in [&a, &b] {
+            loader_tick(l, "t", 0, &[part(Some(1), None, Some(1))]);
+        }
+        let both = [a.clone(), b.clone()];
+        assert!(ready_of(&both).is_ok() && health_of(&both).is_ok());
+        b.fail("bad record at offset 7");
+        let why = ready_of(&both).unwrap_err();
+        assert!(why.starts_with("pipeline \"b\": the pipeline stopped on an error: bad record at offset 7"), "{why}");
+        assert!(!why.contains("\"a\""), "{why}");
+        // A failed pipeline's loop no longer turns; that is not the process being stuck.
+        b.lock().last_turn = Instant::now() - STALL_AFTER * 2;
+        assert!(health_of(&both).is_ok());
+        a.lock().last_turn = Instant::now() - STALL_AFTER * 2;
+        assert!(health_of(&both).unwrap_err().starts_with("pipeline \"a\": the loader's loop has not turned"));
+        // One pipeline: the reason as before, without a name.
+        assert!(ready_of(&[b.clone()]).unwrap_err().starts_with("the pipeline stopped on an error"));
+        let all = snapshot_of(&both);
+        assert!(!all.ready && !all.healthy);
+        assert_eq!(all.pipelines.iter().map(|p| p.pipeline.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(all.pipelines[1].failed.as_deref(), Some("bad record at offset 7"));
     }
 }

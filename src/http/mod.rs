@@ -1,12 +1,13 @@
 //! The HTTP listener of `floe run` (`[http] listen`): Prometheus text at `/metrics`, `/health`
 //! and `/ready` for orchestrators, and the status page at `/` (static files compiled into the
-//! binary, reading `/status.json`).
+//! binary, reading `/status.json`). One listener serves every pipeline of the process: `/health`
+//! and `/ready` judge them all, `?pipeline=NAME` judges one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -43,12 +44,34 @@ impl HttpServer {
 
 #[derive(Clone)]
 struct AppState {
-    live: Arc<Live>,
+    /// Every pipeline of the process, in the configuration's order.
+    lives: Arc<Vec<Arc<Live>>>,
     metrics: PrometheusHandle,
 }
 
-/// Installs the Prometheus recorder (process-wide: call once) and starts serving on `listen`.
-pub async fn start(listen: &str, live: Arc<Live>) -> Result<HttpServer, HttpError> {
+/// `?pipeline=NAME`.
+#[derive(serde::Deserialize)]
+struct Which {
+    pipeline: Option<String>,
+}
+
+impl AppState {
+    /// The pipelines a request is about: all, or the one named (Err: a 404 naming the known ones).
+    fn select(&self, which: &Which) -> Result<Vec<Arc<Live>>, Response> {
+        let Some(name) = &which.pipeline else { return Ok(self.lives.to_vec()) };
+        match self.lives.iter().find(|l| &l.pipeline() == name) {
+            Some(l) => Ok(vec![l.clone()]),
+            None => {
+                let names: Vec<String> = self.lives.iter().map(|l| format!("{:?}", l.pipeline())).collect();
+                Err((StatusCode::NOT_FOUND, format!("no pipeline {name:?} in this process; its pipelines: {}\n", names.join(", "))).into_response())
+            }
+        }
+    }
+}
+
+/// Installs the Prometheus recorder (process-wide: call once) and starts serving on `listen`
+/// the live state of `lives` (every pipeline of the process).
+pub async fn start(listen: &str, lives: Vec<Arc<Live>>) -> Result<HttpServer, HttpError> {
     let addr = crate::config::parse_listen(listen).map_err(|message| HttpError::Listen { listen: listen.to_owned(), message })?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| HttpError::Listen {
         listen: listen.to_owned(),
@@ -63,7 +86,7 @@ pub async fn start(listen: &str, live: Arc<Live>) -> Result<HttpServer, HttpErro
     })?;
     let bound = listener.local_addr().unwrap_or(addr);
     let handle = install_recorder()?;
-    let state = AppState { live, metrics: handle };
+    let state = AppState { lives: Arc::new(lives), metrics: handle };
     let app = Router::new()
         .route("/", get(page))
         .route("/page.css", get(css))
@@ -113,8 +136,14 @@ async fn js() -> Response {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], PAGE_JS).into_response()
 }
 
-async fn status_json(State(s): State<AppState>) -> Response {
-    axum::Json(s.live.snapshot()).into_response()
+/// One pipeline: its object (the shape of a single-pipeline process); several: their objects
+/// under `pipelines`, with the overall verdicts.
+async fn status_json(State(s): State<AppState>, Query(which): Query<Which>) -> Response {
+    match s.select(&which) {
+        Ok(lives) if lives.len() == 1 => axum::Json(lives[0].snapshot()).into_response(),
+        Ok(lives) => axum::Json(telemetry::snapshot_of(&lives)).into_response(),
+        Err(not_found) => not_found,
+    }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -122,12 +151,18 @@ async fn metrics(State(s): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response()
 }
 
-async fn health(State(s): State<AppState>) -> Response {
-    verdict(s.live.health())
+async fn health(State(s): State<AppState>, Query(which): Query<Which>) -> Response {
+    match s.select(&which) {
+        Ok(lives) => verdict(telemetry::health_of(&lives)),
+        Err(not_found) => not_found,
+    }
 }
 
-async fn ready(State(s): State<AppState>) -> Response {
-    verdict(s.live.ready())
+async fn ready(State(s): State<AppState>, Query(which): Query<Which>) -> Response {
+    match s.select(&which) {
+        Ok(lives) => verdict(telemetry::ready_of(&lives)),
+        Err(not_found) => not_found,
+    }
 }
 
 fn verdict(r: Result<(), String>) -> Response {

@@ -109,11 +109,38 @@ function render(s) {
   document.body.dataset.loaded = "1";
 }
 
+// Several pipelines: an overview row each (linking to ?pipeline=NAME), the details of the chosen
+// one (the first by default) below.
+function overview(list, current) {
+  const section = $("pipelines-section");
+  section.classList.toggle("hidden", list.length < 2);
+  if (list.length < 2) return;
+  rows($("pipelines-table"), list, (p) => [
+    ["name", p.pipeline], ["table", p.table],
+    ["state", p.failed ? "failed" : (p.ready ? "ready" : "not ready")],
+    ["lag", fmtInt(p.lag)], ["rows", fmtInt(p.rows_committed)],
+    ["last-commit", p.last_commit_ms ? fmtSecs((p.now_ms - p.last_commit_ms) / 1000) + " ago" : "none yet"],
+  ]);
+  $("pipelines-table").querySelectorAll("tbody tr").forEach((tr, i) => {
+    const a = document.createElement("a");
+    a.href = "?pipeline=" + encodeURIComponent(list[i].pipeline);
+    a.textContent = list[i].pipeline;
+    tr.firstChild.replaceChildren(a);
+    tr.classList.toggle("current", list[i] === current);
+  });
+}
+
 async function refresh() {
   try {
     const r = await fetch("status.json", { cache: "no-store" });
     if (!r.ok) throw new Error("status.json: HTTP " + r.status);
-    render(await r.json());
+    const s = await r.json();
+    const list = s.pipelines || [s];
+    const want = new URLSearchParams(location.search).get("pipeline");
+    const current = list.find((p) => p.pipeline === want) || list[0];
+    overview(list, current);
+    render(current);
+    if (current.failed) text("reason", "stopped on an error: " + current.failed);
   } catch (e) {
     text("reason", "cannot read the status: " + e.message);
   }
