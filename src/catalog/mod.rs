@@ -14,6 +14,7 @@
 //! more arm in each `match` below. The commit engine (`commit.rs`) and everything above it only
 //! see [`Catalog`], [`LoadedTable`] and [`Swap`].
 
+pub mod metadata_json;
 pub mod rest;
 pub mod sql;
 
@@ -299,6 +300,7 @@ pub async fn write_metadata(
     table: &TableName,
     metadata: &TableMetadata,
     location: &MetadataLocation,
+    cache: &metadata_json::MetadataJsonCache,
 ) -> Result<(), CatalogError> {
     check_readable(table, metadata)?;
     let failed = |e: iceberg::Error| CatalogError::Metadata {
@@ -311,7 +313,7 @@ pub async fn write_metadata(
         // current-snapshot-id, which only old Iceberg Java, 0.13 and before, minds).
         return metadata.write_to(file_io, location).await.map_err(failed);
     }
-    let json = metadata_json(metadata).map_err(|e| CatalogError::Metadata {
+    let json = cache.json(&table.to_string(), metadata, &crate::commit::refs(metadata)).map_err(|e| CatalogError::Metadata {
         table: table.to_string(),
         location: location.to_string(),
         message: format!("cannot serialize the metadata: {e}"),
@@ -335,8 +337,15 @@ pub fn check_readable(table: &TableName, metadata: &TableMetadata) -> Result<(),
 /// The metadata file's JSON. A table without a current snapshot says `"current-snapshot-id": -1`,
 /// as Iceberg Java writes it: Java 0.13 cannot parse the file without the field ("Cannot parse
 /// missing long current-snapshot-id"), and the crate leaves it out. Every reader maps -1 to
-/// "no snapshot".
+/// "no snapshot". (A committing catalog uses a [`metadata_json::MetadataJsonCache`] instead, which
+/// reuses the JSON of the snapshots its previous commit wrote.)
 pub fn metadata_json(metadata: &TableMetadata) -> Result<Vec<u8>, serde_json::Error> {
+    metadata_json::to_json(metadata, &crate::commit::refs(metadata), &mut metadata_json::SnapshotJson::default())
+}
+
+/// The crate's serialization of `metadata`, with `"current-snapshot-id": -1` when there is no
+/// current snapshot (see [`metadata_json`]).
+fn crate_json(metadata: &TableMetadata) -> Result<Vec<u8>, serde_json::Error> {
     let json = serde_json::to_vec(metadata)?;
     if metadata.current_snapshot_id().is_some() {
         return Ok(json);

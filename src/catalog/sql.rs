@@ -51,6 +51,9 @@ pub struct SqlCatalog {
     /// The metadata this catalog last committed for each table, with its location (see
     /// [`SqlCatalog::load`]).
     recent: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, TableMetadata)>>>,
+    /// The JSON of the snapshots of the metadata this catalog last wrote for each table, reused
+    /// by its next commit (see [`super::metadata_json`]).
+    json: Arc<super::metadata_json::MetadataJsonCache>,
 }
 
 /// How many tables' metadata a catalog keeps parsed (a loader has its table and perhaps a
@@ -151,6 +154,7 @@ impl SqlCatalog {
             dollar_params,
             layout,
             recent: Arc::default(),
+            json: Arc::new(super::metadata_json::MetadataJsonCache::new(RECENT_TABLES)),
         })
     }
 
@@ -386,7 +390,7 @@ impl SqlCatalog {
             return Err(self.already_exists(table));
         }
         let location = MetadataLocation::new_with_metadata(metadata.location(), &metadata);
-        super::write_metadata(self.file_io(), table, &metadata, &location).await?;
+        super::write_metadata(self.file_io(), table, &metadata, &location, &self.json).await?;
         let location = location.to_string();
         let insert = match self.layout {
             Layout::V0 => format!(
@@ -439,7 +443,7 @@ impl SqlCatalog {
     pub async fn commit(&self, base: &LoadedTable, metadata: TableMetadata) -> Result<Swap, CatalogError> {
         let table = &base.name;
         let next = super::next_metadata_location(base, &metadata)?;
-        super::write_metadata(self.file_io(), table, &metadata, &next).await?;
+        super::write_metadata(self.file_io(), table, &metadata, &next, &self.json).await?;
         let next = next.to_string();
         let updated = sqlx::query(&self.sql(&format!(
             "UPDATE {TABLES} SET metadata_location = ?, previous_metadata_location = ?
