@@ -18,11 +18,12 @@ pub mod metadata_json;
 pub mod rest;
 pub mod sql;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use iceberg::compression::CompressionCodec;
 use iceberg::io::{FileIO, FileIOBuilder, LocalFsStorageFactory};
-use iceberg::spec::TableMetadata;
+use iceberg::spec::{SnapshotReference, TableMetadata};
 use iceberg::MetadataLocation;
 
 use crate::config::{CatalogKind, CatalogUri, Config, TableName};
@@ -98,6 +99,45 @@ pub struct LoadedTable {
     pub name: TableName,
     pub metadata_location: String,
     pub metadata: TableMetadata,
+    /// The metadata's branches and tags (see [`LoadedTable::refs`]).
+    pub refs: Refs,
+}
+
+/// A table's branches and tags, by name.
+pub type RefMap = HashMap<String, SnapshotReference>;
+
+/// The branches and tags of a [`LoadedTable`]'s metadata: known when floe built that metadata
+/// itself, else worked out on first use. (The iceberg crate keeps them private; working them out
+/// goes through the crate's serialization, which copies every snapshot: a cost that grows with
+/// the table's history, which a commit should not pay every time.)
+#[derive(Clone, Default)]
+pub struct Refs(std::sync::OnceLock<Arc<RefMap>>);
+
+impl Refs {
+    /// Refs known to be those of the metadata they go with.
+    pub fn known(refs: Arc<RefMap>) -> Refs {
+        Refs(std::sync::OnceLock::from(refs))
+    }
+}
+
+impl std::fmt::Debug for Refs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.get() {
+            Some(r) => r.fmt(f),
+            None => f.write_str("(not worked out yet)"),
+        }
+    }
+}
+
+impl LoadedTable {
+    pub fn new(name: TableName, metadata_location: String, metadata: TableMetadata) -> LoadedTable {
+        LoadedTable { name, metadata_location, metadata, refs: Refs::default() }
+    }
+
+    /// The metadata's branches and tags.
+    pub fn refs(&self) -> &Arc<RefMap> {
+        self.refs.0.get_or_init(|| Arc::new(crate::commit::refs(&self.metadata)))
+    }
 }
 
 /// One catalog, whichever kind the configuration names.
@@ -223,9 +263,12 @@ impl Catalog {
     /// `Err(Unavailable)` means the outcome is unknown (the commit may have been applied before
     /// the connection broke): the caller must not delete what the commit references; it reloads
     /// and lets its operation's check find out.
-    pub async fn commit(&self, base: &LoadedTable, new: TableMetadata) -> Result<Swap, CatalogError> {
+    ///
+    /// `refs` are `new`'s branches and tags when the caller knows them (it built `new`), else
+    /// they are worked out from `new` where they are needed.
+    pub async fn commit(&self, base: &LoadedTable, new: TableMetadata, refs: Option<Arc<RefMap>>) -> Result<Swap, CatalogError> {
         match self {
-            Catalog::Sql(c) => c.commit(base, new).await,
+            Catalog::Sql(c) => c.commit(base, new, refs).await,
             Catalog::Rest(c) => c.commit(base, new).await,
         }
     }
@@ -299,6 +342,7 @@ pub async fn write_metadata(
     file_io: &FileIO,
     table: &TableName,
     metadata: &TableMetadata,
+    refs: &RefMap,
     location: &MetadataLocation,
     cache: &metadata_json::MetadataJsonCache,
 ) -> Result<(), CatalogError> {
@@ -313,7 +357,7 @@ pub async fn write_metadata(
         // current-snapshot-id, which only old Iceberg Java, 0.13 and before, minds).
         return metadata.write_to(file_io, location).await.map_err(failed);
     }
-    let json = cache.json(&table.to_string(), metadata, &crate::commit::refs(metadata)).map_err(|e| CatalogError::Metadata {
+    let json = cache.json(&table.to_string(), metadata, refs).map_err(|e| CatalogError::Metadata {
         table: table.to_string(),
         location: location.to_string(),
         message: format!("cannot serialize the metadata: {e}"),
