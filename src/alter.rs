@@ -75,6 +75,8 @@ impl Operation for Alter {
         Ok(Staged {
             metadata,
             attempt_files: Vec::new(),
+            // A schema or partitioning change leaves the branches and tags as they are.
+            refs: Some(base.refs().clone()),
         })
     }
 

@@ -30,7 +30,7 @@ use iceberg::spec::{
 };
 use rand::Rng;
 
-use crate::catalog::{Catalog, CatalogError, LoadedTable, Swap};
+use crate::catalog::{Catalog, CatalogError, LoadedTable, RefMap, Swap};
 use crate::config::TableName;
 use crate::ledger::{self, FenceViolation, Ledger, OffsetRange};
 
@@ -76,6 +76,9 @@ pub struct Staged {
     /// Files that only this attempt references (manifests, manifest lists): deleted if the swap
     /// loses, since nothing will ever point at them.
     pub attempt_files: Vec<String>,
+    /// The new metadata's branches and tags, when the operation knows them (see
+    /// [`crate::catalog::Refs`]); None: the catalog works them out from the metadata.
+    pub refs: Option<Arc<RefMap>>,
 }
 
 /// One kind of commit.
@@ -268,7 +271,7 @@ impl CommitEngine {
                 return Ok((outcome, None));
             }
             let staged = op.build(&base, self.catalog.file_io()).await?;
-            let swap = self.catalog.commit(&base, staged.metadata).await;
+            let swap = self.catalog.commit(&base, staged.metadata, staged.refs).await;
             match swap {
                 Ok(Swap::Done(new)) => {
                     self.delete_dropped_metadata(&base, &new).await;
@@ -454,6 +457,7 @@ impl Operation for Append {
             return Ok(Staged {
                 metadata,
                 attempt_files: Vec::new(),
+                refs: Some(base.refs().clone()),
             });
         }
         let mut summary = HashMap::from([
@@ -966,6 +970,7 @@ impl<'a> SnapshotWriter<'a> {
         // builder's `set_branch_snapshot` copies the branch's reference with only its snapshot id
         // changed (a table without `main` gets one without retention settings), and refuses a
         // `main` that is a tag.
+        let snapshot_id = snapshot.snapshot_id();
         let metadata = TableMetadataBuilder::new_from_metadata(m.clone(), Some(base.metadata_location.clone()))
             .set_branch_snapshot(snapshot, MAIN)
             .and_then(|b| b.set_properties(properties))
@@ -975,9 +980,15 @@ impl<'a> SnapshotWriter<'a> {
                 message: e.to_string(),
             })?
             .metadata;
+        // The same change to the refs as the builder's: `main` moved, its retention kept.
+        let mut refs = RefMap::clone(base.refs());
+        refs.entry(MAIN.to_owned())
+            .and_modify(|r| r.snapshot_id = snapshot_id)
+            .or_insert_with(|| SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)));
         Ok(Staged {
             metadata,
             attempt_files: self.attempt_files,
+            refs: Some(Arc::new(refs)),
         })
     }
 }

@@ -634,6 +634,11 @@ async fn run_query(_: &Config, _: &str) -> Result<(), Failure> {
 /// `floe run`: every pipeline of the configuration (or the one `--pipeline` picked), each its own
 /// loader, sharing the HTTP listener and the shutdown signal.
 async fn run_loader(config: Config) -> Result<(), Failure> {
+    if let Ok(limit) = std::env::var(floe::write::ENV_STAGED_AGE_LIMIT) {
+        let limit = humantime::parse_duration(limit.trim())
+            .map_err(|e| Failure::usage(format!("{}={limit:?}: {e}; give a duration such as \"2s\"", floe::write::ENV_STAGED_AGE_LIMIT)))?;
+        floe::write::lower_staged_age_limit(limit).map_err(Failure::usage)?;
+    }
     // Handlers first: a stop request during the startup checks ends the process cleanly too.
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let listen = config.http.listen.clone();

@@ -32,6 +32,33 @@ pub const PROP_LEVEL: &str = "write.parquet.compression-level";
 /// ([`crate::maintain::orphans::MIN_AGE`]).
 pub const MAX_STAGED_AGE: Duration = Duration::from_secs(15 * 60);
 
+/// The age at which this process writes staged files again: [`MAX_STAGED_AGE`] unless lowered
+/// with [`lower_staged_age_limit`].
+static STAGED_AGE_LIMIT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(MAX_STAGED_AGE.as_millis() as u64);
+
+/// The environment variable with which `floe run` lowers the staged-age limit (tests make a
+/// commit outlive it in seconds instead of a quarter of an hour).
+pub const ENV_STAGED_AGE_LIMIT: &str = "FLOE_TEST_MAX_STAGED_AGE";
+
+/// Lowers the age at which this process's staged files are written again. Never above
+/// [`MAX_STAGED_AGE`]: the orphan-removal age floor rests on it ([`crate::maintain::orphans::MIN_AGE`]).
+pub fn lower_staged_age_limit(limit: Duration) -> Result<(), String> {
+    if limit > MAX_STAGED_AGE || limit.is_zero() {
+        return Err(format!(
+            "{ENV_STAGED_AGE_LIMIT} = {}: the limit on staged files' age can only be lowered, to more than 0s and at most {}",
+            humantime::format_duration(limit),
+            humantime::format_duration(MAX_STAGED_AGE)
+        ));
+    }
+    STAGED_AGE_LIMIT_MS.store(limit.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// The age beyond which this process's staged files are written again.
+pub fn staged_age_limit() -> Duration {
+    Duration::from_millis(STAGED_AGE_LIMIT_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// Data files written for one commit, with the moment writing them began (before the first
 /// file was opened, so the age is never understated).
 #[derive(Debug, Clone)]
@@ -48,7 +75,7 @@ impl StagedFiles {
     /// Whether the files are too old to commit: remove-orphans may be about to delete them.
     /// Check right before each swap attempt; a stale batch is written again.
     pub fn is_stale(&self) -> bool {
-        self.age() > MAX_STAGED_AGE
+        self.age() > staged_age_limit()
     }
 
     pub fn paths(&self) -> Vec<String> {

@@ -541,7 +541,7 @@ impl floe::commit::Operation for SetProperties {
             .build()
             .unwrap()
             .metadata;
-        Ok(floe::commit::Staged { metadata, attempt_files: Vec::new() })
+        Ok(floe::commit::Staged { metadata, attempt_files: Vec::new(), refs: None })
     }
     fn committed(&mut self, _: &floe::catalog::LoadedTable, _: u32) {}
 }

@@ -62,6 +62,8 @@ pub struct GlueCatalog {
     warehouse: String,
     storage: Storage,
     recent: Arc<std::sync::Mutex<HashMap<String, (String, TableMetadata)>>>,
+    /// The JSON of the snapshots its last commits wrote, reused by the next metadata file.
+    json: Arc<super::metadata_json::MetadataJsonCache>,
 }
 
 impl std::fmt::Debug for GlueCatalog {
@@ -119,6 +121,7 @@ impl GlueCatalog {
             warehouse: config.warehouse().trim_end_matches('/').to_owned(),
             storage: Storage::from_config(config).await,
             recent: Arc::default(),
+            json: Arc::new(super::metadata_json::MetadataJsonCache::new(16)),
         })
     }
 
@@ -362,10 +365,10 @@ impl GlueCatalog {
         let t = self.get(table).await?.ok_or_else(|| self.no_such_table(table))?;
         let location = t.metadata_location;
         if let Some(metadata) = self.recent(table, &location) {
-            return Ok(LoadedTable { name: table.clone(), metadata_location: location, metadata });
+            return Ok(LoadedTable::new(table.clone(), location, metadata));
         }
         let metadata = super::read_metadata(self.file_io(), table, &location).await?;
-        Ok(LoadedTable { name: table.clone(), metadata_location: location, metadata })
+        Ok(LoadedTable::new(table.clone(), location, metadata))
     }
 
     /// Writes the table's first metadata file and creates the Glue table pointing at it.
@@ -376,7 +379,8 @@ impl GlueCatalog {
         }
         let db = self.database(&table.namespace)?;
         let location = MetadataLocation::new_with_metadata(metadata.location(), &metadata);
-        super::write_metadata(self.file_io(), table, &metadata, &location).await?;
+        let refs = crate::commit::refs(&metadata);
+        super::write_metadata(self.file_io(), table, &metadata, &refs, &location, &self.json).await?;
         let location = location.to_string();
         let parameters = HashMap::from([
             (TABLE_TYPE.to_owned(), ICEBERG.to_owned()),
@@ -392,7 +396,7 @@ impl GlueCatalog {
             .send()
             .await;
         match created {
-            Ok(_) => Ok(LoadedTable { name: table.clone(), metadata_location: location, metadata }),
+            Ok(_) => Ok(LoadedTable::new(table.clone(), location, metadata)),
             Err(SdkError::ServiceError(s)) if s.err().is_already_exists_exception() => {
                 // Another creator won: nobody will ever reference the file we wrote.
                 let _ = self.file_io().delete(&location).await;
@@ -445,7 +449,12 @@ impl GlueCatalog {
 
     /// Writes `metadata` as the table's next metadata file and points the Glue table at it if, and
     /// only if, the Glue table still points at `base`'s file (see the module comment).
-    pub async fn commit(&self, base: &LoadedTable, metadata: TableMetadata) -> Result<Swap, CatalogError> {
+    pub async fn commit(
+        &self,
+        base: &LoadedTable,
+        metadata: TableMetadata,
+        refs: Option<Arc<super::RefMap>>,
+    ) -> Result<Swap, CatalogError> {
         let table = &base.name;
         let Some(current) = self.get(table).await? else {
             return Ok(Swap::Conflict);
@@ -462,7 +471,8 @@ impl GlueCatalog {
         })?;
         let db = self.database(&table.namespace)?;
         let next = super::next_metadata_location(base, &metadata)?;
-        super::write_metadata(self.file_io(), table, &metadata, &next).await?;
+        let refs = refs.unwrap_or_else(|| Arc::new(crate::commit::refs(&metadata)));
+        super::write_metadata(self.file_io(), table, &metadata, &refs, &next, &self.json).await?;
         let next = next.to_string();
         let mut parameters = current.parameters;
         parameters.insert(TABLE_TYPE.to_owned(), ICEBERG.to_owned());
@@ -485,7 +495,12 @@ impl GlueCatalog {
         match updated {
             Ok(_) => {
                 self.remember(table, &next, &metadata);
-                Ok(Swap::Done(Box::new(LoadedTable { name: table.clone(), metadata_location: next, metadata })))
+                Ok(Swap::Done(Box::new(LoadedTable {
+                    name: table.clone(),
+                    metadata_location: next,
+                    metadata,
+                    refs: super::Refs::known(refs),
+                })))
             }
             Err(SdkError::ServiceError(s))
                 if s.err().is_concurrent_modification_exception() || s.err().is_entity_not_found_exception() =>

@@ -17,14 +17,16 @@
 //! see [`Catalog`], [`LoadedTable`] and [`Swap`].
 
 pub mod glue;
+pub mod metadata_json;
 pub mod rest;
 pub mod sql;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use iceberg::compression::CompressionCodec;
 use iceberg::io::{FileIO, FileIOBuilder, LocalFsStorageFactory};
-use iceberg::spec::TableMetadata;
+use iceberg::spec::{SnapshotReference, TableMetadata};
 use iceberg::MetadataLocation;
 
 use crate::config::{CatalogKind, CatalogUri, Config, TableName};
@@ -101,6 +103,45 @@ pub struct LoadedTable {
     pub name: TableName,
     pub metadata_location: String,
     pub metadata: TableMetadata,
+    /// The metadata's branches and tags (see [`LoadedTable::refs`]).
+    pub refs: Refs,
+}
+
+/// A table's branches and tags, by name.
+pub type RefMap = HashMap<String, SnapshotReference>;
+
+/// The branches and tags of a [`LoadedTable`]'s metadata: known when floe built that metadata
+/// itself, else worked out on first use. (The iceberg crate keeps them private; working them out
+/// goes through the crate's serialization, which copies every snapshot: a cost that grows with
+/// the table's history, which a commit should not pay every time.)
+#[derive(Clone, Default)]
+pub struct Refs(std::sync::OnceLock<Arc<RefMap>>);
+
+impl Refs {
+    /// Refs known to be those of the metadata they go with.
+    pub fn known(refs: Arc<RefMap>) -> Refs {
+        Refs(std::sync::OnceLock::from(refs))
+    }
+}
+
+impl std::fmt::Debug for Refs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.get() {
+            Some(r) => r.fmt(f),
+            None => f.write_str("(not worked out yet)"),
+        }
+    }
+}
+
+impl LoadedTable {
+    pub fn new(name: TableName, metadata_location: String, metadata: TableMetadata) -> LoadedTable {
+        LoadedTable { name, metadata_location, metadata, refs: Refs::default() }
+    }
+
+    /// The metadata's branches and tags.
+    pub fn refs(&self) -> &Arc<RefMap> {
+        self.refs.0.get_or_init(|| Arc::new(crate::commit::refs(&self.metadata)))
+    }
 }
 
 /// One catalog, whichever kind the configuration names.
@@ -235,11 +276,14 @@ impl Catalog {
     /// `Err(Unavailable)` means the outcome is unknown (the commit may have been applied before
     /// the connection broke): the caller must not delete what the commit references; it reloads
     /// and lets its operation's check find out.
-    pub async fn commit(&self, base: &LoadedTable, new: TableMetadata) -> Result<Swap, CatalogError> {
+    ///
+    /// `refs` are `new`'s branches and tags when the caller knows them (it built `new`), else
+    /// they are worked out from `new` where they are needed.
+    pub async fn commit(&self, base: &LoadedTable, new: TableMetadata, refs: Option<Arc<RefMap>>) -> Result<Swap, CatalogError> {
         match self {
-            Catalog::Sql(c) => c.commit(base, new).await,
+            Catalog::Sql(c) => c.commit(base, new, refs).await,
             Catalog::Rest(c) => c.commit(base, new).await,
-            Catalog::Glue(c) => c.commit(base, new).await,
+            Catalog::Glue(c) => c.commit(base, new, refs).await,
         }
     }
 }
@@ -312,7 +356,9 @@ pub async fn write_metadata(
     file_io: &FileIO,
     table: &TableName,
     metadata: &TableMetadata,
+    refs: &RefMap,
     location: &MetadataLocation,
+    cache: &metadata_json::MetadataJsonCache,
 ) -> Result<(), CatalogError> {
     check_readable(table, metadata)?;
     let failed = |e: iceberg::Error| CatalogError::Metadata {
@@ -325,7 +371,7 @@ pub async fn write_metadata(
         // current-snapshot-id, which only old Iceberg Java, 0.13 and before, minds).
         return metadata.write_to(file_io, location).await.map_err(failed);
     }
-    let json = metadata_json(metadata).map_err(|e| CatalogError::Metadata {
+    let json = cache.json(&table.to_string(), metadata, refs).map_err(|e| CatalogError::Metadata {
         table: table.to_string(),
         location: location.to_string(),
         message: format!("cannot serialize the metadata: {e}"),
@@ -349,8 +395,15 @@ pub fn check_readable(table: &TableName, metadata: &TableMetadata) -> Result<(),
 /// The metadata file's JSON. A table without a current snapshot says `"current-snapshot-id": -1`,
 /// as Iceberg Java writes it: Java 0.13 cannot parse the file without the field ("Cannot parse
 /// missing long current-snapshot-id"), and the crate leaves it out. Every reader maps -1 to
-/// "no snapshot".
+/// "no snapshot". (A committing catalog uses a [`metadata_json::MetadataJsonCache`] instead, which
+/// reuses the JSON of the snapshots its previous commit wrote.)
 pub fn metadata_json(metadata: &TableMetadata) -> Result<Vec<u8>, serde_json::Error> {
+    metadata_json::to_json(metadata, &crate::commit::refs(metadata), &mut metadata_json::SnapshotJson::default())
+}
+
+/// The crate's serialization of `metadata`, with `"current-snapshot-id": -1` when there is no
+/// current snapshot (see [`metadata_json`]).
+fn crate_json(metadata: &TableMetadata) -> Result<Vec<u8>, serde_json::Error> {
     let json = serde_json::to_vec(metadata)?;
     if metadata.current_snapshot_id().is_some() {
         return Ok(json);

@@ -423,7 +423,7 @@ impl RestCatalog {
         let metadata = body.get("metadata").ok_or_else(|| unreadable("the catalog's answer has no `metadata`".into()))?;
         let json = serde_json::to_vec(metadata).map_err(|e| unreadable(e.to_string()))?;
         let metadata = super::parse_metadata(&json).map_err(unreadable)?;
-        Ok(LoadedTable { name: table.clone(), metadata_location: location, metadata })
+        Ok(LoadedTable::new(table.clone(), location, metadata))
     }
 
     /// Loads a table's current metadata.

@@ -19,7 +19,7 @@ use iceberg::MetadataLocation;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
-use super::{CatalogError, LoadedTable, Swap};
+use super::{CatalogError, LoadedTable, RefMap, Refs, Swap};
 use crate::config::{CatalogUri, Config, TableName};
 use crate::storage::Storage;
 
@@ -50,7 +50,10 @@ pub struct SqlCatalog {
     layout: Layout,
     /// The metadata this catalog last committed for each table, with its location (see
     /// [`SqlCatalog::load`]).
-    recent: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, TableMetadata)>>>,
+    recent: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, TableMetadata, Arc<RefMap>)>>>,
+    /// The JSON of the snapshots of the metadata this catalog last wrote for each table, reused
+    /// by its next commit (see [`super::metadata_json`]).
+    json: Arc<super::metadata_json::MetadataJsonCache>,
 }
 
 /// How many tables' metadata a catalog keeps parsed (a loader has its table and perhaps a
@@ -151,6 +154,7 @@ impl SqlCatalog {
             dollar_params,
             layout,
             recent: Arc::default(),
+            json: Arc::new(super::metadata_json::MetadataJsonCache::new(RECENT_TABLES)),
         })
     }
 
@@ -229,19 +233,19 @@ impl SqlCatalog {
     }
 
     /// The metadata kept for `table` if it is that of `location`.
-    fn recent(&self, table: &TableName, location: &str) -> Option<TableMetadata> {
+    fn recent(&self, table: &TableName, location: &str) -> Option<(TableMetadata, Arc<RefMap>)> {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        recent.get(&table.to_string()).filter(|(l, _)| l == location).map(|(_, m)| m.clone())
+        recent.get(&table.to_string()).filter(|(l, ..)| l == location).map(|(_, m, r)| (m.clone(), r.clone()))
     }
 
     /// Keeps `metadata`, just committed, as `table`'s metadata at `location`.
-    fn remember(&self, table: &TableName, location: &str, metadata: &TableMetadata) {
+    fn remember(&self, table: &TableName, location: &str, metadata: &TableMetadata, refs: &Arc<RefMap>) {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let key = table.to_string();
         if recent.len() >= RECENT_TABLES && !recent.contains_key(&key) {
             recent.clear();
         }
-        recent.insert(key, (location.to_owned(), metadata.clone()));
+        recent.insert(key, (location.to_owned(), metadata.clone(), refs.clone()));
     }
 
     fn unavailable(&self, e: impl std::fmt::Display) -> CatalogError {
@@ -368,15 +372,11 @@ impl SqlCatalog {
                 catalog: self.name.clone(),
                 uri: self.uri.to_string(),
             })?;
-        if let Some(metadata) = self.recent(table, &location) {
-            return Ok(LoadedTable { name: table.clone(), metadata_location: location, metadata });
+        if let Some((metadata, refs)) = self.recent(table, &location) {
+            return Ok(LoadedTable { name: table.clone(), metadata_location: location, metadata, refs: Refs::known(refs) });
         }
         let metadata = super::read_metadata(self.file_io(), table, &location).await?;
-        Ok(LoadedTable {
-            name: table.clone(),
-            metadata_location: location,
-            metadata,
-        })
+        Ok(LoadedTable::new(table.clone(), location, metadata))
     }
 
     /// Registers a new table whose first metadata is `metadata`.
@@ -386,7 +386,8 @@ impl SqlCatalog {
             return Err(self.already_exists(table));
         }
         let location = MetadataLocation::new_with_metadata(metadata.location(), &metadata);
-        super::write_metadata(self.file_io(), table, &metadata, &location).await?;
+        let refs = crate::commit::refs(&metadata);
+        super::write_metadata(self.file_io(), table, &metadata, &refs, &location, &self.json).await?;
         let location = location.to_string();
         let insert = match self.layout {
             Layout::V0 => format!(
@@ -408,11 +409,7 @@ impl SqlCatalog {
             .execute(&self.pool)
             .await;
         match inserted {
-            Ok(_) => Ok(LoadedTable {
-                name: table.clone(),
-                metadata_location: location,
-                metadata,
-            }),
+            Ok(_) => Ok(LoadedTable { name: table.clone(), metadata_location: location, metadata, refs: Refs::known(Arc::new(refs)) }),
             Err(e) => {
                 // Nobody will ever reference the file we wrote.
                 let _ = self.file_io().delete(&location).await;
@@ -436,10 +433,15 @@ impl SqlCatalog {
     /// the current metadata file is still `base`'s: the file holds everything (ledger
     /// properties included), so the swap pins exactly the base the check ran on. On conflict the
     /// written file is deleted, since nothing references it.
-    pub async fn commit(&self, base: &LoadedTable, metadata: TableMetadata) -> Result<Swap, CatalogError> {
+    ///
+    /// `refs` are the branches and tags of `metadata` when the caller knows them (it built the
+    /// metadata); else they are worked out from it. (Debug builds check the caller's.)
+    pub async fn commit(&self, base: &LoadedTable, metadata: TableMetadata, refs: Option<Arc<RefMap>>) -> Result<Swap, CatalogError> {
         let table = &base.name;
+        let refs = refs.unwrap_or_else(|| Arc::new(crate::commit::refs(&metadata)));
+        debug_assert_eq!(*refs, crate::commit::refs(&metadata), "the refs given for the new metadata of {table}");
         let next = super::next_metadata_location(base, &metadata)?;
-        super::write_metadata(self.file_io(), table, &metadata, &next).await?;
+        super::write_metadata(self.file_io(), table, &metadata, &refs, &next, &self.json).await?;
         let next = next.to_string();
         let updated = sqlx::query(&self.sql(&format!(
             "UPDATE {TABLES} SET metadata_location = ?, previous_metadata_location = ?
@@ -456,11 +458,12 @@ impl SqlCatalog {
         .await;
         match updated {
             Ok(r) if r.rows_affected() == 1 => {
-                self.remember(table, &next, &metadata);
+                self.remember(table, &next, &metadata, &refs);
                 Ok(Swap::Done(Box::new(LoadedTable {
                     name: table.clone(),
                     metadata_location: next,
                     metadata,
+                    refs: Refs::known(refs),
                 })))
             }
             Ok(_) => {

@@ -209,7 +209,11 @@ impl Operation for Expire {
             .build()
             .map_err(|e| CommitError::Invalid { table: base.name.to_string(), message: e.to_string() })?
             .metadata;
-        Ok(Staged { metadata, attempt_files: Vec::new() })
+        // The same change to the refs as the builder's: the removed ones gone, and any whose
+        // snapshot is gone.
+        let mut refs = crate::catalog::RefMap::clone(base.refs());
+        refs.retain(|name, r| !self.removed_refs.contains(name) && metadata.snapshot_by_id(r.snapshot_id).is_some());
+        Ok(Staged { metadata, attempt_files: Vec::new(), refs: Some(std::sync::Arc::new(refs)) })
     }
 
     fn committed(&mut self, new: &LoadedTable, _: u32) -> Expired {

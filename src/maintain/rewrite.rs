@@ -204,10 +204,10 @@ impl Operation for Rewrite {
             Some(l) => l,
             None => LiveFiles::read(&mut self.cache, file_io, base).await?,
         };
-        let (metadata, attempt_files, manifests_after) = self.build_inner(base, file_io, &live).await?;
+        let (staged, manifests_after) = self.build_inner(base, file_io, &live).await?;
         self.manifests_after = manifests_after;
         self.live = Some(live);
-        Ok(Staged { metadata, attempt_files })
+        Ok(staged)
     }
 
     fn committed(&mut self, new: &LoadedTable, attempts: u32) -> RewriteOutcome {
@@ -226,7 +226,7 @@ impl Rewrite {
         base: &LoadedTable,
         file_io: &FileIO,
         live: &LiveFiles,
-    ) -> Result<(iceberg::spec::TableMetadata, Vec<String>, usize), MaintainError> {
+    ) -> Result<(crate::commit::Staged, usize), MaintainError> {
         let m = &base.metadata;
         let table = base.name.to_string();
         let mut w = SnapshotWriter::new(base)?;
@@ -358,6 +358,6 @@ impl Rewrite {
         summary.insert(SUMMARY_TASK.to_owned(), self.task.name().to_owned());
         summary.insert("floe.version".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
         let staged = w.finish(file_io, new_list, operation, summary, HashMap::new()).await?;
-        Ok((staged.metadata, staged.attempt_files, manifests_after))
+        Ok((staged, manifests_after))
     }
 }

@@ -303,6 +303,74 @@ def test_v0_jdbc_catalog_is_read_and_migrated_only_when_asked(pipeline_factory):
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
 
 
+# --- item 3: a commit retried past the staged-file age writes its files again ---------------------
+
+
+def test_a_commit_retried_past_the_staged_age_writes_its_files_again(pipeline_factory, monkeypatch):
+    """A commit that keeps failing for longer than write::MAX_STAGED_AGE (lowered to 2 s for this
+    process with FLOE_TEST_MAX_STAGED_AGE) writes its data files again before it lands, so that
+    it never points at files remove-orphans may have deleted; the files it gave up are deleted."""
+    import sqlite3
+    import time
+
+    from loader_harness import assert_each_id_once, wait_until
+
+    monkeypatch.setenv("FLOE_TEST_MAX_STAGED_AGE", "2s")
+    p = pipeline_factory("restage")
+    p.create_table("CREATE TABLE events (id BIGINT, region VARCHAR) WITH (partitioning = ARRAY['region'])")
+    first = [{"id": i, "region": f"r{i % 3}"} for i in range(1, 101)]
+    produce_json(p.bootstrap, p.topic, first)
+    loader = p.start_loader(log="info,floe=debug")
+    p.wait_rows(len(first), timeout=90, alive=[loader])
+    data = p.warehouse / "default" / "events" / "data"
+    before = {str(f) for f in data.rglob("*.parquet")}
+
+    # The catalog is held (a write lock on its database: it can be read, but every swap fails,
+    # "database is locked") while the next batch is written and committed.
+    con = sqlite3.connect(p.data_dir / "catalog.db", isolation_level=None, timeout=30)
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        second = [{"id": i, "region": f"r{i % 3}"} for i in range(101, 201)]
+        harness_produce_json(p.bootstrap, p.topic, second)
+
+        def new_files() -> set[str]:
+            return {str(f) for f in data.rglob("*.parquet")} - before
+
+        # The batch's files are written, then its swap waits for the lock (5 s, SQLite's busy
+        # timeout) and fails: these are the files first staged for the commit.
+        wait_until("the second batch's files are written", new_files, timeout=60, alive=[loader])
+        time.sleep(0.5)
+        staged = new_files()
+        loader.wait_log("transient failure; retrying with backoff", timeout=60)
+        started = time.monotonic()
+        # Held past the limit: the files staged for the commit are now too old to use.
+        while time.monotonic() - started < 3:
+            loader.assert_running("while the catalog is held")
+            time.sleep(0.2)
+    finally:
+        con.execute("ROLLBACK")
+        con.close()
+    p.wait_rows(len(first) + len(second), timeout=90, alive=[loader])
+    assert loader.count("wrote them again") >= 1, loader.tail()
+    loader.sigterm_ok()
+
+    table = p.table()
+    assert_each_id_once(table.scan().to_arrow().column("id").to_pylist(), range(1, 201))
+    referenced = {f["file_path"].removeprefix("file://") for f in table.inspect.files().to_pylist()}
+    assert not staged & referenced, f"the commit used files staged too long ago: {sorted(staged & referenced)[:3]}"
+    on_disk = {str(f) for f in data.rglob("*.parquet")}
+    assert on_disk == referenced, f"unreferenced: {sorted(on_disk - referenced)[:5]}, missing: {sorted(referenced - on_disk)[:5]}"
+
+
+def test_the_staged_age_limit_can_only_be_lowered(pipeline_factory, monkeypatch):
+    p = pipeline_factory("restage-bad")
+    p.create_table("CREATE TABLE events (id BIGINT)")
+    for value, says in [("1h", "can only be lowered"), ("soon", "FLOE_TEST_MAX_STAGED_AGE")]:
+        monkeypatch.setenv("FLOE_TEST_MAX_STAGED_AGE", value)
+        out = p.floe("run", timeout=60)
+        assert out.returncode == 2 and says in out.stderr, out.stdout + out.stderr
+
+
 # --- item 9: a write that fails part-way leaves nothing behind ----------------------------------
 
 
