@@ -1036,11 +1036,11 @@ impl State {
                         self.decoder.pop_last();
                     }
                     self.flush_and_wait().await?;
-                    if !self.live(&tp, r.epoch) {
+                    if !self.live(tp, r.epoch) {
                         // The flush was fenced: this record is read again after the seek.
                         return Ok(());
                     }
-                    self.add_columns(new, &tp, r.offset).await?;
+                    self.add_columns(new, tp, r.offset).await?;
                     outcome = self.decoder.append_record(&raw);
                 } else {
                     // Further new fields are ignored: no record is parsed again for them.
@@ -1095,11 +1095,11 @@ impl State {
                 // No dead-letter destination: commit everything before this record, with the
                 // ledger standing exactly at it (so `floe skip` can check it is skipping this
                 // record), then stop.
-                let p = self.partitions.get_mut(&tp).expect("checked above");
+                let p = self.partitions.get_mut(tp).expect("checked above");
                 p.first.get_or_insert(r.offset);
                 p.next = Some(r.offset);
                 self.flush_and_wait().await?;
-                if !self.live(&tp, r.epoch) {
+                if !self.live(tp, r.epoch) {
                     // Fenced: another process owns these offsets; this one re-reads from the ledger.
                     return Ok(());
                 }
@@ -1111,7 +1111,7 @@ impl State {
                 });
             }
         }
-        let p = self.partitions.get_mut(&tp).expect("checked above");
+        let p = self.partitions.get_mut(tp).expect("checked above");
         p.first.get_or_insert(r.offset);
         p.next = Some(r.offset + 1);
         Ok(())

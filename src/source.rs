@@ -161,6 +161,9 @@ const REBALANCE_WAIT: Duration = Duration::from_secs(600);
 /// Records handed over per event at most.
 const MAX_RECORDS_PER_EVENT: usize = 2048;
 
+/// Where a record's key or value lies in its batch's buffer: [start, end).
+type Span = (usize, usize);
+
 /// The initial size of a batch's key-and-value buffer (it grows as needed).
 const BATCH_BUFFER: usize = 512 << 10;
 /// How often positions are compared with what was handed over.
@@ -456,7 +459,7 @@ fn poll_loop(
         let mut batch: Vec<Record> = Vec::new();
         // Keys and values of this batch, copied once into one buffer; records slice it after.
         let mut buf = BytesMut::with_capacity(BATCH_BUFFER);
-        let mut spans: Vec<(Option<(usize, usize)>, Option<(usize, usize)>)> = Vec::new();
+        let mut spans: Vec<(Option<Span>, Option<Span>)> = Vec::new();
         let mut out_of_range = false;
         let mut timeout = Duration::from_millis(100);
         while batch.len() < MAX_RECORDS_PER_EVENT {

@@ -629,7 +629,7 @@ mod tests {
         a.lock().last_turn = Instant::now() - STALL_AFTER * 2;
         assert!(health_of(&both).unwrap_err().starts_with("pipeline \"a\": the loader's loop has not turned"));
         // One pipeline: the reason as before, without a name.
-        assert!(ready_of(&[b.clone()]).unwrap_err().starts_with("the pipeline stopped on an error"));
+        assert!(ready_of(std::slice::from_ref(&b)).unwrap_err().starts_with("the pipeline stopped on an error"));
         let all = snapshot_of(&both);
         assert!(!all.ready && !all.healthy);
         assert_eq!(all.pipelines.iter().map(|p| p.pipeline.as_str()).collect::<Vec<_>>(), ["a", "b"]);

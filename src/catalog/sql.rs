@@ -38,6 +38,9 @@ pub enum Layout {
     V1,
 }
 
+/// A table's metadata as this catalog last committed it: its location, the metadata, its refs.
+type Recent = (String, TableMetadata, Arc<RefMap>);
+
 /// A SQL catalog (SQLite or PostgreSQL) in the JDBC layout, plus the file IO for its warehouse.
 #[derive(Clone)]
 pub struct SqlCatalog {
@@ -50,7 +53,7 @@ pub struct SqlCatalog {
     layout: Layout,
     /// The metadata this catalog last committed for each table, with its location (see
     /// [`SqlCatalog::load`]).
-    recent: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, TableMetadata, Arc<RefMap>)>>>,
+    recent: Arc<std::sync::Mutex<std::collections::HashMap<String, Recent>>>,
     /// The JSON of the snapshots of the metadata this catalog last wrote for each table, reused
     /// by its next commit (see [`super::metadata_json`]).
     json: Arc<super::metadata_json::MetadataJsonCache>,

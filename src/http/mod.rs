@@ -56,16 +56,26 @@ struct Which {
 }
 
 impl AppState {
-    /// The pipelines a request is about: all, or the one named (Err: a 404 naming the known ones).
-    fn select(&self, which: &Which) -> Result<Vec<Arc<Live>>, Response> {
+    /// The pipelines a request is about: all, or the one named (Err: the 404's text, naming the
+    /// known ones).
+    fn select(&self, which: &Which) -> Result<Vec<Arc<Live>>, NotFound> {
         let Some(name) = &which.pipeline else { return Ok(self.lives.to_vec()) };
         match self.lives.iter().find(|l| &l.pipeline() == name) {
             Some(l) => Ok(vec![l.clone()]),
             None => {
                 let names: Vec<String> = self.lives.iter().map(|l| format!("{:?}", l.pipeline())).collect();
-                Err((StatusCode::NOT_FOUND, format!("no pipeline {name:?} in this process; its pipelines: {}\n", names.join(", "))).into_response())
+                Err(NotFound(format!("no pipeline {name:?} in this process; its pipelines: {}\n", names.join(", "))))
             }
         }
+    }
+}
+
+/// A request named a pipeline this process does not run.
+struct NotFound(String);
+
+impl IntoResponse for NotFound {
+    fn into_response(self) -> Response {
+        (StatusCode::NOT_FOUND, self.0).into_response()
     }
 }
 
@@ -142,7 +152,7 @@ async fn status_json(State(s): State<AppState>, Query(which): Query<Which>) -> R
     match s.select(&which) {
         Ok(lives) if lives.len() == 1 => axum::Json(lives[0].snapshot()).into_response(),
         Ok(lives) => axum::Json(telemetry::snapshot_of(&lives)).into_response(),
-        Err(not_found) => not_found,
+        Err(not_found) => not_found.into_response(),
     }
 }
 
@@ -154,14 +164,14 @@ async fn metrics(State(s): State<AppState>) -> Response {
 async fn health(State(s): State<AppState>, Query(which): Query<Which>) -> Response {
     match s.select(&which) {
         Ok(lives) => verdict(telemetry::health_of(&lives)),
-        Err(not_found) => not_found,
+        Err(not_found) => not_found.into_response(),
     }
 }
 
 async fn ready(State(s): State<AppState>, Query(which): Query<Which>) -> Response {
     match s.select(&which) {
         Ok(lives) => verdict(telemetry::ready_of(&lives)),
-        Err(not_found) => not_found,
+        Err(not_found) => not_found.into_response(),
     }
 }
 
