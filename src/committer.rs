@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use arrow_array::RecordBatch;
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use crate::catalog::LoadedTable;
 use crate::commit::{Append, AppendOutcome, CommitEngine};
@@ -90,15 +91,19 @@ impl Committer {
         let (batches, mut inbox) = mpsc::channel::<Sealed>(1);
         let (outcomes, results) = mpsc::channel(1);
         let mut committer = self;
-        let task = tokio::spawn(async move {
-            while let Some(sealed) = inbox.recv().await {
-                let result = committer.commit(sealed).await;
-                let failed = result.is_err();
-                if outcomes.send(result).await.is_err() || failed {
-                    break;
+        // The task logs within the reader's span (with several pipelines: which one).
+        let task = tokio::spawn(
+            async move {
+                while let Some(sealed) = inbox.recv().await {
+                    let result = committer.commit(sealed).await;
+                    let failed = result.is_err();
+                    if outcomes.send(result).await.is_err() || failed {
+                        break;
+                    }
                 }
             }
-        });
+            .in_current_span(),
+        );
         Handle { batches, results, in_flight: None, task }
     }
 
