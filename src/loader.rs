@@ -668,6 +668,9 @@ impl State {
                 ev = events.recv() => {
                     let Some(ev) = ev else { return Err(LoadError::ConsumerGone) };
                     self.handle(ev).await?;
+                    // While a backlog keeps the channel full, the reader never waits for it: let
+                    // the committer (which may sit behind the reader on this worker thread) run.
+                    tokio::task::yield_now().await;
                     // A batch is sealed early when it holds half the buffer bound, so that it and
                     // the next one fit in the bound together.
                     if !self.committer.busy() && self.buffered_bytes() >= self.max_buffered / 2 {

@@ -266,7 +266,7 @@ async fn write_groups(
     // runtime) they are written in turn.
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if !multi_thread {
+    if !multi_thread || workers <= 1 {
         let mut files = Vec::new();
         for (key, parts) in groups {
             files.extend(write_group(&builder, key, parts).await.map_err(io_err)?);
