@@ -249,7 +249,7 @@ impl Committer {
         schema: &iceberg::spec::SchemaRef,
         batch: &RecordBatch,
     ) -> Result<StagedFiles, crate::write::WriteError> {
-        crate::write::write_staged_parallel(
+        crate::write::write_staged(
             self.engine.catalog().file_io(),
             &table.metadata,
             schema,

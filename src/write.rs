@@ -83,19 +83,9 @@ impl StagedFiles {
     }
 }
 
-/// [`write_data_files`], remembering when writing began.
+/// [`write_data_files`] with the table partitions of the batch encoded on up to `workers`
+/// threads, remembering when writing began.
 pub async fn write_staged(
-    file_io: &FileIO,
-    metadata: &TableMetadata,
-    schema: &iceberg::spec::SchemaRef,
-    batches: Vec<RecordBatch>,
-    target_file_size: u64,
-) -> Result<StagedFiles, WriteError> {
-    write_staged_parallel(file_io, metadata, schema, batches, target_file_size, 1).await
-}
-
-/// [`write_staged`] with the table partitions of the batch encoded on up to `workers` threads.
-pub async fn write_staged_parallel(
     file_io: &FileIO,
     metadata: &TableMetadata,
     schema: &iceberg::spec::SchemaRef,

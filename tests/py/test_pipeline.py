@@ -89,12 +89,13 @@ def test_revocation_waits_for_the_commit_in_flight(pg_pipeline):
     a.wait_log("batch committed", timeout=60)
     lock = RowLock(p)
     try:
+        # A commit that won the row before the lock has logged its line within this settle time.
         time.sleep(1)
         committed_before = a.count("batch committed")
         b = p.start_loader("b")
         # The group rebalances; `a` must not give up its partitions before its commit is in.
         b.wait_log("joining the consumer group", timeout=30)
-        time.sleep(6)
+        time.sleep(6)  # the window observed: the rebalance is under way, nothing may be given up
         assert a.count("partitions revoked") == 0, "partitions were revoked while their commit was held"
         assert a.count("batch committed") == committed_before
     finally:
