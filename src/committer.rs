@@ -29,7 +29,7 @@ pub(crate) struct Sealed {
     pub ranges: Vec<OffsetRange>,
     /// `floe.gaps` entries (data loss the batch records).
     pub gaps: Vec<String>,
-    pub batch: RecordBatch,
+    pub batch: Vec<RecordBatch>,
     /// The schema the rows were read with.
     pub schema: iceberg::spec::SchemaRef,
     pub letters: Vec<DeadLetter>,
@@ -43,7 +43,7 @@ pub(crate) struct Sealed {
 impl Sealed {
     /// Memory the batch holds while it waits for its commit.
     pub fn bytes(&self) -> usize {
-        self.batch.get_array_memory_size() + self.letters.iter().map(DeadLetter::bytes).sum::<usize>()
+        self.batch.iter().map(RecordBatch::get_array_memory_size).sum::<usize>() + self.letters.iter().map(DeadLetter::bytes).sum::<usize>()
     }
 }
 
@@ -111,7 +111,7 @@ impl Committer {
     /// transiently for as long as it takes.
     async fn commit(&mut self, s: Sealed) -> Result<Done, LoadError> {
         let Sealed { ranges, gaps, batch, schema, letters, check_summary, oldest_ms, newest_ms, sealed_at } = s;
-        let rows = batch.num_rows();
+        let rows: usize = batch.iter().map(RecordBatch::num_rows).sum();
         let table = retrying!("loading the table", self.engine.load());
         // The fence, checked before anything is written for this batch: a writer that lost its
         // partitions writes neither data files nor dead letters (DESIGN.md §3). The commit checks
@@ -247,13 +247,13 @@ impl Committer {
         &self,
         table: &LoadedTable,
         schema: &iceberg::spec::SchemaRef,
-        batch: &RecordBatch,
+        batch: &[RecordBatch],
     ) -> Result<StagedFiles, crate::write::WriteError> {
         crate::write::write_staged(
             self.engine.catalog().file_io(),
             &table.metadata,
             schema,
-            vec![batch.clone()],
+            batch.to_vec(),
             self.target_file_size,
             self.workers,
         )

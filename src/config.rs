@@ -1000,7 +1000,8 @@ pub struct CommitConfig {
     /// Data files are rolled over near this size (independent of the commit interval).
     #[serde(default = "default_target_file_size", with = "human_size")]
     pub target_file_size: u64,
-    /// Threads that encode a batch's table partitions at once. Default: the cores available.
+    /// Threads that decode a run of records, and that encode a batch's table partitions, at
+    /// once. Default: the cores available.
     #[serde(default)]
     pub workers: Option<usize>,
 }
@@ -1192,7 +1193,7 @@ impl Config {
             && !(1..=256).contains(&w)
         {
             return Err(invalid(format!(
-                "commit.workers = {w}: use 1 to 256 encoding threads (default: the cores available)"
+                "commit.workers = {w}: use 1 to 256 decoding and encoding threads (default: the cores available)"
             )));
         }
         if self.source.partition_discovery < Duration::from_secs(1) {

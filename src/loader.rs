@@ -20,6 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow_array::RecordBatch;
 use tokio::sync::mpsc;
 
 use crate::catalog::{Catalog, CatalogError};
@@ -29,6 +30,7 @@ use crate::checks::Checks;
 use crate::config::{CheckAction, Config, OnDataLoss, StartPosition, TableName};
 use crate::deadletter::{DeadLetter, KafkaDeadLetters, RatioValve, TableDeadLetters};
 use crate::retry::retrying;
+use crate::decode::pool::{Outcome, Pool, MIN_CHUNK};
 use crate::decode::{DecodeSetupError, Decoder, RecordError, RecordErrorKind, RecordOrigin};
 use crate::ledger::{Ledger, OffsetRange, TopicPartition};
 use crate::source::{self, AssignedPartition, Command, Epoch, Event, OutOfRange, Record, StartAt};
@@ -465,6 +467,10 @@ impl Loader {
             interval: self.config.commit.interval,
             max_buffered: self.config.commit.max_buffered_bytes as usize,
             decoder,
+            pool: None,
+            decode_workers: self.config.commit.workers(),
+            fragments: Vec::new(),
+            fragment_bytes: 0,
             decoder_schema: table.metadata.current_schema().clone(),
             partitions: BTreeMap::new(),
             commands,
@@ -551,6 +557,12 @@ struct State {
     interval: Duration,
     max_buffered: usize,
     decoder: Decoder,
+    /// Decoders for `commit.workers` threads, for the current schema (built when first needed).
+    pool: Option<Pool>,
+    decode_workers: usize,
+    /// Rows decoded by the pool, in record order, before the decoder's own rows.
+    fragments: Vec<RecordBatch>,
+    fragment_bytes: usize,
     /// The schema the decoder reads with (the table's, as of the last commit).
     decoder_schema: iceberg::spec::SchemaRef,
     partitions: BTreeMap<TopicPartition, PartitionState>,
@@ -684,7 +696,22 @@ impl State {
 
     /// Memory held by rows and dead letters not yet handed to the committer.
     fn buffered_bytes(&self) -> usize {
-        self.decoder.buffered_bytes() + self.dead_letter_bytes
+        self.decoded_bytes() + self.dead_letter_bytes
+    }
+
+    /// Memory held by the rows decoded and not yet handed to the committer.
+    fn decoded_bytes(&self) -> usize {
+        self.decoder.buffered_bytes() + self.fragment_bytes
+    }
+
+    /// Takes every decoded row, in record order.
+    fn take_rows(&mut self) -> Vec<RecordBatch> {
+        let mut rows = std::mem::take(&mut self.fragments);
+        self.fragment_bytes = 0;
+        if !self.decoder.is_empty() {
+            rows.push(self.decoder.finish());
+        }
+        rows
     }
 
     /// Pauses consumption (Kafka's pause, so the consumer keeps answering the group) while the
@@ -719,7 +746,7 @@ impl State {
                 end: p.end,
             })
             .collect();
-        telemetry::loader_tick(&self.live, &self.table_label, self.decoder.buffered_bytes(), &partitions);
+        telemetry::loader_tick(&self.live, &self.table_label, self.decoded_bytes(), &partitions);
         if let Some(max_idle) = self.max_idle
             && self.waiting_since.is_none()
         {
@@ -732,7 +759,7 @@ impl State {
     }
 
     fn has_pending(&self) -> bool {
-        !self.decoder.is_empty() || self.partitions.values().any(PartitionState::pending)
+        !self.decoder.is_empty() || !self.fragments.is_empty() || self.partitions.values().any(PartitionState::pending)
     }
 
     /// Says what the loader waits for while the group gives it no partition: a restarted process
@@ -785,9 +812,12 @@ impl State {
                 for (topic, partition, n, bytes) in read {
                     telemetry::records_read(&topic, partition, n, bytes);
                 }
+                if self.decode_workers > 1 && records.len() >= 2 * MIN_CHUNK {
+                    return self.records_in_parallel(&records).await;
+                }
                 // Records come in runs of one partition: its key is made once per run.
                 let mut tp = TopicPartition::new("", -1);
-                for r in records {
+                for r in &records {
                     if tp.partition != r.partition || *tp.topic != *r.topic {
                         tp = TopicPartition::new(&*r.topic, r.partition);
                     }
@@ -1008,13 +1038,19 @@ impl State {
         self.partitions.get(tp).is_some_and(|p| p.epoch == epoch)
     }
 
-    async fn record(&mut self, tp: &TopicPartition, r: Record) -> Result<(), LoadError> {
-        let Some(p) = self.partitions.get_mut(tp) else {
-            // Not ours (revoked, or from before an assignment): it will be read by its owner.
-            return Ok(());
-        };
-        if p.epoch != r.epoch || p.next.is_some_and(|n| r.offset < n) {
-            // Read before a seek or an assignment of this partition: it will be read again.
+    /// Whether `r` is to be read now: its partition is ours, in the record's epoch, and the record
+    /// is not behind where that partition is read from. Otherwise it was read before an
+    /// assignment or a seek of its partition, or the partition is not ours: its owner reads it.
+    fn accepts(&self, tp: &TopicPartition, r: &Record) -> bool {
+        self.partitions
+            .get(tp)
+            .is_some_and(|p| p.epoch == r.epoch && p.next.is_none_or(|n| r.offset >= n))
+    }
+
+    /// Reads one record on this task: decodes it, evolves the schema for it if it brings new
+    /// fields under auto_evolve, and accounts for it.
+    async fn record(&mut self, tp: &TopicPartition, r: &Record) -> Result<(), LoadError> {
+        if !self.accepts(tp, r) {
             return Ok(());
         }
         let raw = r.raw();
@@ -1058,6 +1094,32 @@ impl State {
                 }
             }
         }
+        let Some(error) = self.settle(tp, r, outcome)? else {
+            return Ok(());
+        };
+        // No dead-letter destination: commit everything before this record, with the ledger
+        // standing exactly at it (so `floe skip` can check it is skipping this record), then stop.
+        let p = self.partitions.get_mut(tp).expect("accepted above");
+        p.first.get_or_insert(r.offset);
+        p.next = Some(r.offset);
+        self.flush_and_wait().await?;
+        if !self.live(tp, r.epoch) {
+            // Fenced: another process owns these offsets; this one re-reads from the ledger.
+            return Ok(());
+        }
+        Err(LoadError::BadRecord {
+            error: Box::new(error),
+            topic: r.topic.to_string(),
+            partition: r.partition,
+            offset: r.offset,
+        })
+    }
+
+    /// Accounts for a decoded record of an accepted partition: its row (already appended) or its
+    /// dead letter, the dead-letter ratio, the batch's time span, and the partition's offsets.
+    /// Returns the record's error when it can be neither (no dead-letter destination): then
+    /// nothing is accounted and the caller stops there.
+    fn settle(&mut self, tp: &TopicPartition, r: &Record, outcome: Result<(), RecordError>) -> Result<Option<RecordError>, LoadError> {
         let max_pct = self.max_ratio.unwrap_or(1.0) * 100.0;
         if let Some(valve) = &mut self.valve
             && let Some(ratio) = valve.observe(outcome.is_err())
@@ -1094,29 +1156,99 @@ impl State {
                 self.dead_letter_bytes += letter.bytes();
                 self.dead_letters.push(letter);
             }
-            Err(error) => {
-                // No dead-letter destination: commit everything before this record, with the
-                // ledger standing exactly at it (so `floe skip` can check it is skipping this
-                // record), then stop.
-                let p = self.partitions.get_mut(tp).expect("checked above");
-                p.first.get_or_insert(r.offset);
-                p.next = Some(r.offset);
-                self.flush_and_wait().await?;
-                if !self.live(tp, r.epoch) {
-                    // Fenced: another process owns these offsets; this one re-reads from the ledger.
-                    return Ok(());
-                }
-                return Err(LoadError::BadRecord {
-                    error: Box::new(error),
-                    topic: r.topic.to_string(),
-                    partition: r.partition,
-                    offset: r.offset,
-                });
-            }
+            Err(error) => return Ok(Some(error)),
         }
-        let p = self.partitions.get_mut(tp).expect("checked above");
+        let p = self.partitions.get_mut(tp).expect("accepted before decoding");
         p.first.get_or_insert(r.offset);
         p.next = Some(r.offset + 1);
+        Ok(None)
+    }
+
+    /// Reads a run of records with the pool's decoders on `commit.workers` threads, then accounts
+    /// for them here in record order. A record that needs more than accounting (new fields under
+    /// auto_evolve, or a bad record with no dead-letter destination) ends the parallel part: the
+    /// rows decoded from it on are dropped, and it and every record after it are read one by one
+    /// on this task, as [`record`](Self::record) reads them.
+    async fn records_in_parallel(&mut self, records: &[Record]) -> Result<(), LoadError> {
+        if self.pool.as_ref().is_none_or(|p| p.schema_id() != self.decoder.schema_id()) {
+            let mut decoders = Vec::with_capacity(self.decode_workers);
+            for _ in 0..self.decode_workers {
+                decoders.push(
+                    decoder_for(&self.decoder_schema, &self.reshaping.decode, &self.reshaping.metadata, self.engine.table())
+                        .map_err(LoadError::Config)?,
+                );
+            }
+            tracing::debug!(
+                workers = self.decode_workers,
+                schema = self.decoder_schema.schema_id(),
+                "runs of records decoded in parallel from here on"
+            );
+            self.pool = Some(Pool::new(decoders));
+        }
+        // Rows stay in record order (checks rely on it): the decoder's own rows come first.
+        if !self.decoder.is_empty() {
+            let rows = self.decoder.finish();
+            self.fragment_bytes += rows.get_array_memory_size();
+            self.fragments.push(rows);
+        }
+        let mut keys: Vec<TopicPartition> = Vec::new();
+        let mut accepted: Vec<(usize, usize)> = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            if keys.last().is_none_or(|tp| tp.partition != r.partition || *tp.topic != *r.topic) {
+                keys.push(TopicPartition::new(&*r.topic, r.partition));
+            }
+            let k = keys.len() - 1;
+            if self.accepts(&keys[k], r) {
+                accepted.push((i, k));
+            }
+        }
+        let raws: Vec<_> = accepted.iter().map(|&(i, _)| records[i].raw()).collect();
+        let pool = self.pool.as_mut().expect("built above");
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let chunks = if multi_thread { tokio::task::block_in_place(|| pool.decode(&raws)) } else { pool.decode(&raws) };
+        drop(raws);
+        let mut at = 0;
+        let mut rest = None;
+        for chunk in &chunks {
+            let n = chunk.outcomes.len();
+            let mut kept = n;
+            for (j, outcome) in chunk.outcomes.iter().enumerate() {
+                let special = match outcome {
+                    Outcome::Row { new_top_level_fields } => self.evolve_budget > 0 && *new_top_level_fields,
+                    Outcome::Failed(e) => {
+                        !self.has_destination || (self.evolve_budget > 0 && e.kind() == RecordErrorKind::NoMatchingFields)
+                    }
+                };
+                if special {
+                    kept = j;
+                    rest = Some(at + j);
+                    break;
+                }
+                let (i, k) = accepted[at + j];
+                let result = match outcome {
+                    Outcome::Row { .. } => Ok(()),
+                    Outcome::Failed(e) => Err(e.clone()),
+                };
+                let unwritable = self.settle(&keys[k], &records[i], result)?;
+                debug_assert!(unwritable.is_none(), "records without a destination are read one by one");
+            }
+            let rows = if kept == n { chunk.rows.clone() } else { chunk.rows_before(kept) };
+            if rows.num_rows() > 0 {
+                self.fragment_bytes += rows.get_array_memory_size();
+                self.fragments.push(rows);
+            }
+            if rest.is_some() {
+                break;
+            }
+            at += n;
+        }
+        drop(chunks);
+        if let Some(from) = rest {
+            for &(i, k) in &accepted[from..] {
+                self.record(&keys[k], &records[i]).await?;
+            }
+        }
         Ok(())
     }
 
@@ -1147,7 +1279,7 @@ impl State {
         if ranges.is_empty() {
             return Ok(false);
         }
-        let mut batch = self.decoder.finish();
+        let mut batch = self.take_rows();
         let mut letters = std::mem::take(&mut self.dead_letters);
         self.dead_letter_bytes = 0;
         let check_summary = self.run_checks(&mut batch, &mut letters)?;
@@ -1213,12 +1345,20 @@ impl State {
     /// Evaluates the data checks on the batch about to be written: reports every failing check,
     /// sets aside the rows of `dead_letter` checks (removing them from `batch`), and stops before
     /// anything is written when a `stop` check failed. Returns the `floe.checks` summary value.
-    fn run_checks(&mut self, batch: &mut arrow_array::RecordBatch, letters: &mut Vec<DeadLetter>) -> Result<Option<String>, LoadError> {
+    fn run_checks(&mut self, batches: &mut Vec<RecordBatch>, letters: &mut Vec<DeadLetter>) -> Result<Option<String>, LoadError> {
         let origins = std::mem::take(&mut self.row_origins);
         let records = std::mem::take(&mut self.row_records);
-        if self.checks.is_empty() || batch.num_rows() == 0 {
+        if self.checks.is_empty() || batches.iter().all(|b| b.num_rows() == 0) {
             return Ok(None);
         }
+        // Checks see the batch as one: rows in record order, as `origins` lists them.
+        let one = match batches.as_slice() {
+            [one] => one.clone(),
+            many => arrow_select::concat::concat_batches(&many[0].schema(), many)
+                .expect("batches decoded with one schema"),
+        };
+        *batches = vec![one];
+        let batch = &mut batches[0];
         let findings = self.checks.evaluate(batch, Instant::now());
         if findings.is_empty() {
             return Ok(None);
@@ -1279,8 +1419,8 @@ impl State {
         let described: Vec<String> =
             violations.iter().map(|v| format!("{} expected {:?} found {:?}", v.tp, v.expected, v.found)).collect();
         telemetry::batch_fenced(&self.live, &self.table_label, &described);
-        // The decoder's rows and the dead letters were read after the dropped batch.
-        let _ = self.decoder.finish();
+        // The decoded rows and the dead letters were read after the dropped batch.
+        let _ = self.take_rows();
         self.dead_letters.clear();
         self.dead_letter_bytes = 0;
         self.row_origins.clear();
@@ -1351,6 +1491,7 @@ impl State {
         }
         self.decoder = decoder_for(current, &self.reshaping.decode, &self.reshaping.metadata, self.engine.table())
             .map_err(|e| LoadError::Config(format!("the table's new schema cannot be read into: {e}")))?;
+        self.pool = None;
         tracing::info!(
             from = self.decoder_schema.schema_id(),
             to = current.schema_id(),

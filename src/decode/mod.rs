@@ -39,6 +39,7 @@
 mod build;
 mod fail;
 mod json;
+pub mod pool;
 #[cfg(test)]
 mod roundtrip;
 mod scalar;

@@ -1778,3 +1778,74 @@ fn metadata_setup_errors() {
     );
     assert!(e.contains("column \"k\" is filled twice: the projection of \"/key\" and the record key"), "{e}");
 }
+
+// ---- the pool ------------------------------------------------------------------------------------
+
+#[test]
+fn the_pool_decodes_in_record_order_and_reports_every_record() {
+    let columns = "id BIGINT, name VARCHAR";
+    let values: Vec<String> = (0..2000)
+        .map(|i| match i % 97 {
+            13 => format!("{{\"id\": \"not a number {i}\"}}"),
+            29 => format!("{{\"id\": {i}, \"extra\": 1}}"),
+            _ => format!("{{\"id\": {i}, \"name\": \"n{i}\"}}"),
+        })
+        .collect();
+    let raws: Vec<RawRecord> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| RawRecord {
+            topic: "t",
+            partition: 0,
+            offset: i as i64,
+            key: None,
+            value: Some(v.as_bytes()),
+            timestamp: None,
+            headers: &[],
+        })
+        .collect();
+    let mut pool = pool::Pool::new(vec![decoder(columns), decoder(columns), decoder(columns)]);
+    let chunks = pool.decode(&raws);
+    assert_eq!(chunks.len(), 3, "2000 records make three chunks of at least {}", pool::MIN_CHUNK);
+    // The same records decoded one by one on one decoder.
+    let mut one_by_one = decoder(columns);
+    let mut expected_failed = Vec::new();
+    let mut expected_new = Vec::new();
+    for r in &raws {
+        let before = one_by_one.ignored_top_level_fields();
+        match one_by_one.append_record(r) {
+            Ok(()) => expected_new.push(one_by_one.ignored_top_level_fields() > before),
+            Err(e) => expected_failed.push(e.origin().offset),
+        }
+    }
+    let expected = one_by_one.finish();
+    let mut failed = Vec::new();
+    let mut new = Vec::new();
+    let mut offset = 0i64;
+    for c in &chunks {
+        for o in &c.outcomes {
+            match o {
+                pool::Outcome::Row { new_top_level_fields } => new.push(*new_top_level_fields),
+                pool::Outcome::Failed(e) => {
+                    assert_eq!(e.origin().offset, offset, "outcomes come in record order");
+                    failed.push(offset);
+                }
+            }
+            offset += 1;
+        }
+    }
+    assert_eq!(offset, 2000, "one outcome per record");
+    assert!(!failed.is_empty(), "some records failed");
+    assert_eq!(failed, expected_failed);
+    assert_eq!(new, expected_new);
+    assert!(new.iter().any(|n| *n), "some records had a field the table lacks");
+    let rows: Vec<RecordBatch> = chunks.iter().map(|c| c.rows.clone()).collect();
+    let all = arrow_select::concat::concat_batches(&rows[0].schema(), &rows).unwrap();
+    assert_eq!(all, expected, "the chunks' rows are the rows one decoder makes, in order");
+    // The rows of a chunk up to a record: those of the records before it.
+    let second = &chunks[1];
+    let cut = second.rows_before(100);
+    let failed_before = second.outcomes[..100].iter().filter(|o| matches!(o, pool::Outcome::Failed(_))).count();
+    assert_eq!(cut.num_rows(), 100 - failed_before);
+    assert_eq!(cut, second.rows.slice(0, 100 - failed_before));
+}
