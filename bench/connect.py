@@ -8,14 +8,15 @@ stopped. Then a standalone Kafka Connect worker (scripts/kafka-connect.sh) runs 
 (connector `bench-connect`, so consumer group `connect-bench-connect`) into default.events_connect
 until that table's current snapshot holds N rows. For each: wall time from process start (startup
 included), rows/s, CPU (user+sys of the process, from /proc) per million rows, peak RSS (VmHWM),
-commits; and the ratio floe/Connect. Afterwards an independent reader (pyiceberg) counts both
+commits (append snapshots); the same rates counted from the first commit on (without startup and
+warm-up); and the ratios floe/Connect. Afterwards an independent reader (pyiceberg) counts both
 tables: rows, distinct ids, and the sum of the timestamps, which must agree.
 
 Not a test: it asserts only sanity (both tables hold exactly N rows, the same ids and timestamps).
 Run it with the test venv's Python (pyiceberg, psycopg2: scripts/python-env.sh):
 
     ~/.cache/floe/venv/bin/python bench/connect.py [--records 2000000] [--partitions 4]
-        [--interval 1s] [--floe PATH] [--tasks N] [--flush-ms MS]
+        [--interval 1s] [--floe PATH] [--tasks N] [--flush-ms MS] [--iceberg VERSION [--rewrite-offsets]]
 
 It starts its own throwaway broker (scripts/kafka.sh) and PostgreSQL (scripts/postgres.sh).
 """
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import psycopg2
 
@@ -89,19 +91,52 @@ def connect_rows(pg):
     return int(snap["summary"].get("total-records", 0)) if snap else 0
 
 
-def watch(pid, done, alive, what, log_path, timeout):
-    """Polls every 0.5 s until done(); returns (wall from t0 is the caller's, cpu s, peak RSS bytes)."""
-    cpu = hwm = 0
-    deadline = time.time() + timeout
+def watch(pid, progress, target, alive, what, log_path, timeout):
+    """Polls every 0.5 s until progress() >= target; returns [(seconds, CPU s, rows)] and the peak RSS."""
+    samples, hwm, t0 = [], 0, time.time()
+    deadline = t0 + timeout
     while True:
         cpu, hwm = proc_stats(pid)
-        if done():
-            return cpu, hwm
+        rows = progress()
+        samples.append((time.time() - t0, cpu, rows))
+        if rows >= target:
+            return samples, hwm
         if not alive():
             sys.exit(f"{what} exited early; see {log_path}")
         if time.time() > deadline:
             sys.exit(f"{what} did not finish within {timeout} s; see {log_path}")
         time.sleep(0.5)
+
+
+def after_first_commit(samples):
+    """(rows/s, CPU-s per million rows) from the first poll that saw committed rows to the end: the
+    rate once started and warmed up (JVM start, JIT, group join and the first interval excluded)."""
+    first = next(s for s in samples if s[2] > 0)
+    last = samples[-1]
+    rows = last[2] - first[2]
+    if rows <= 0 or last[0] <= first[0]:
+        return float("nan"), float("nan")
+    return rows / (last[0] - first[0]), (last[1] - first[1]) / (rows / 1e6)
+
+
+def connect_alive(pid, connect_dir):
+    """False when the worker exited; exits when a task of the connector failed (it would never finish)."""
+    if not os.path.exists(f"/proc/{pid}"):
+        return False
+    uri_file = os.path.join(connect_dir, "uri")
+    if os.path.exists(uri_file):
+        try:
+            with urllib.request.urlopen(open(uri_file).read().strip() + "/connectors/bench-connect/status",
+                                        timeout=5) as r:
+                status = json.load(r)
+        except (OSError, ValueError):
+            return True  # not answering yet (starting, or busy): the timeout still bounds the wait
+        for task in status.get("tasks", []):
+            if task.get("state") == "FAILED":
+                trace = [l for l in task.get("trace", "").splitlines() if "Caused by" in l or "Exception" in l]
+                sys.exit(f"Connect task {task.get('id')} failed: {' / '.join(trace[-2:])[:600]} "
+                         f"(log: {connect_dir}/connect.log)")
+    return True
 
 
 def loadavg():
@@ -117,12 +152,13 @@ def verify(pg, warehouse, n):
 
     catalog = SqlCatalog("floe", uri=pg.replace("postgresql://", "postgresql+psycopg2://", 1),
                          warehouse=f"file://{warehouse}")
-    lines, columns = [], []
+    lines, columns, appends = [], [], []
     for name in (FLOE_TABLE, CONNECT_TABLE):
         t = catalog.load_table(name)
         a = t.scan(selected_fields=("id", "timestamp")).to_arrow().sort_by("id")
         ids = pc.count_distinct(a["id"]).as_py()
         files = sum(1 for _ in t.scan().plan_files())
+        appends.append(sum(1 for snap in t.snapshots() if snap.summary and snap.summary.operation.value == "append"))
         lines.append(f"{name:24} {a.num_rows} rows, {ids} distinct ids, {files} data files, "
                      f"{len(t.snapshots())} snapshots")
         if a.num_rows != n or ids != n:
@@ -132,7 +168,7 @@ def verify(pg, warehouse, n):
     if not (columns[0]["id"].equals(columns[1]["id"]) and columns[0]["timestamp"].equals(columns[1]["timestamp"])):
         sys.exit("sanity: the two tables do not hold the same ids with the same timestamps\n" + "\n".join(lines))
     lines.append("same ids, and the same timestamp for every id, in both tables")
-    return lines
+    return lines, appends
 
 
 def main():
@@ -146,6 +182,11 @@ def main():
     ap.add_argument("--tasks", type=int, help="the sink's tasks.max (default: --partitions)")
     ap.add_argument("--flush-ms", type=int, help="the worker's offset.flush.interval.ms, which bounds how "
                     "late an idle task answers a commit request (default: the commit interval)")
+    ap.add_argument("--iceberg", help="the sink's Iceberg version (FLOE_CONNECT_ICEBERG_VERSION of "
+                    "scripts/kafka-connect.sh; default: the script's)")
+    ap.add_argument("--rewrite-offsets", action="store_true", help="rewrite the timestamps' +HH:mm offsets to "
+                    "+HHmm before the sink (floe.connect.OffsetWithoutColon): needed with --iceberg 1.9.2, whose "
+                    "sink cannot parse them; 1.12.0 can")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, tables) and print its path")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds each loader may take")
     args = ap.parse_args()
@@ -153,6 +194,8 @@ def main():
         sys.exit(f"{args.floe} not found: cargo build --release --no-default-features, or pass --floe")
     every_ms = interval_ms(args.interval)
     tasks = args.tasks or args.partitions
+    if args.iceberg:
+        os.environ["FLOE_CONNECT_ICEBERG_VERSION"] = args.iceberg
     flush_ms = args.flush_ms or every_ms
 
     # postgres.sh runs the server as the postgres user, which must be able to enter this directory.
@@ -190,12 +233,11 @@ def main():
         with open(floe_log, "w") as log:
             t0 = time.time()
             proc = subprocess.Popen([args.floe, "--config", cfg, "run"], stdout=log, stderr=log)
-            fcpu, fhwm = watch(proc.pid, lambda: ledger_total(pg) >= args.records, lambda: proc.poll() is None,
-                               "floe run", floe_log, args.timeout)
-            fwall = time.time() - t0
+            fsamples, fhwm = watch(proc.pid, lambda: ledger_total(pg), args.records, lambda: proc.poll() is None,
+                                   "floe run", floe_log, args.timeout)
+            fwall, fcpu = time.time() - t0, fsamples[-1][1]
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-        fcommits = sum(1 for line in open(floe_log) if "batch committed" in line)
 
         # The Iceberg sink in a Connect worker
         print(f"load average {loadavg()} before Connect", flush=True)
@@ -217,10 +259,11 @@ def main():
                 "iceberg.catalog.io-impl=org.apache.iceberg.hadoop.HadoopFileIO",
                 f"iceberg.control.topic={control}",
                 f"iceberg.control.commit.interval-ms={every_ms}",
+            ] + ([] if not args.rewrite_offsets else [
                 "transforms=offset",
                 "transforms.offset.type=floe.connect.OffsetWithoutColon",
                 "transforms.offset.fields=timestamp",
-            ]) + "\n")
+            ])) + "\n")
         connect_log = os.path.join(connect_dir, "connect.log")
         env = dict(os.environ, FLOE_CONNECT_FLUSH_MS=str(flush_ms))
         t0 = time.time()
@@ -233,36 +276,42 @@ def main():
                 sys.exit(f"no Connect worker pid in {pid_file} after 60 s")
             time.sleep(0.05)
         pid = int(open(pid_file).read())
-        ccpu, chwm = watch(pid, lambda: connect_rows(pg) >= args.records, lambda: os.path.exists(f"/proc/{pid}"),
-                           "the Connect worker", connect_log, args.timeout)
-        cwall = time.time() - t0
+        csamples, chwm = watch(pid, lambda: connect_rows(pg), args.records, lambda: connect_alive(pid, connect_dir),
+                               "the Connect worker", connect_log, args.timeout)
+        cwall, ccpu = time.time() - t0, csamples[-1][1]
         starter.wait(timeout=60)
         up = re.search(r"^\[([^\],]+),(\d+)\] INFO Kafka Connect started", open(connect_log).read(), re.M)
         cstartup = (time.mktime(time.strptime(up.group(1), "%Y-%m-%d %H:%M:%S")) + int(up.group(2)) / 1000 - t0
                     if up else float("nan"))
-        ccommits = sum(1 for line in open(connect_log) if "Commit complete to table" in line)
         script("kafka-connect.sh", "stop", connect_dir)
         connect_started = False
         print(f"load average {loadavg()} after both", flush=True)
 
-        checks = verify(pg, warehouse, args.records)
+        checks, appends = verify(pg, warehouse, args.records)
         n = args.records / 1e6
-        rows = [("floe run", fwall, fcpu, fhwm, fcommits), ("Iceberg sink (Connect)", cwall, ccpu, chwm, ccommits)]
+        rows = [("floe run", fwall, fcpu, fhwm, appends[0], fsamples),
+                ("Iceberg sink (Connect)", cwall, ccpu, chwm, appends[1], csamples)]
         print(f"\nrecords {args.records} over {args.partitions} partitions, commit interval {args.interval} "
               f"(sink: iceberg.control.commit.interval-ms={every_ms}, tasks.max={tasks}, "
               f"offset.flush.interval.ms={flush_ms})")
-        print(f"{'':24} {'wall s':>8} {'rows/s':>10} {'CPU s':>8} {'cores':>6} {'CPU-s/M rows':>13} {'peak RSS':>9} {'commits':>8}")
-        for name, wall, cpu, hwm, commits in rows:
+        print(f"{'':24} {'wall s':>8} {'rows/s':>10} {'CPU s':>8} {'cores':>6} {'CPU-s/M rows':>13} "
+              f"{'peak RSS':>9} {'commits':>8} | after 1st commit: {'rows/s':>9} {'CPU-s/M rows':>13}")
+        steady = []
+        for name, wall, cpu, hwm, commits, samples in rows:
+            rate, per_m = after_first_commit(samples)
+            steady.append((rate, per_m))
             print(f"{name:24} {wall:8.1f} {args.records / wall:10,.0f} {cpu:8.1f} {cpu / wall:6.2f} {cpu / n:13.2f} "
-                  f"{hwm / 2**20:7.0f}Mi {commits:8}")
+                  f"{hwm / 2**20:7.0f}Mi {commits:8} | {'':17} {rate:9,.0f} {per_m:13.2f}")
         print(f"{'floe / Connect':24} {'':8} {cwall / fwall:9.2f}x {'':8} {'':6} {fcpu / ccpu:12.2f}x "
-              f"{fhwm / chwm:8.2f}x")
+              f"{fhwm / chwm:8.2f}x {'':8} | {'':17} {steady[0][0] / steady[1][0]:8.2f}x "
+              f"{steady[0][1] / steady[1][1]:12.2f}x")
         print(f"wall times include startup: the Connect worker logged 'Kafka Connect started' "
               f"{cstartup:.1f} s after it was launched")
         print("independent reader (pyiceberg):")
         for line in checks:
             print("  " + line)
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
         if connect_started:
             subprocess.run([os.path.join(REPO, "scripts/kafka-connect.sh"), "stop", connect_dir], capture_output=True)
         subprocess.run([os.path.join(REPO, "scripts/kafka.sh"), "stop", kafka_dir], capture_output=True)

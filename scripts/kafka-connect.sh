@@ -13,23 +13,27 @@
 #   scripts/kafka-connect.sh stop DIR     stop the worker started in DIR
 #   scripts/kafka-connect.sh plugin-dir   print the directory of the sink's jars (the plugin.path entry)
 #
-# Versions: the worker runs at the broker's version (FLOE_KAFKA_VERSION, default 4.4.0). The sink is
-# Iceberg 1.9.2 (FLOE_CONNECT_ICEBERG_VERSION), not 1.10.0: Maven Central serves
-# org.apache.iceberg:iceberg-kafka-connect:1.10.0, but not the iceberg-kafka-connect-events:1.10.0 it
-# depends on, so 1.10.0 cannot be resolved; 1.9.2 resolves with all its dependencies.
+# Versions: the sink is Iceberg 1.12.0 (FLOE_CONNECT_ICEBERG_VERSION), the newest on Maven Central;
+# the worker is Kafka Connect 4.3.0 (FLOE_CONNECT_KAFKA_VERSION), the broker's 4.4.0 being unusable
+# with it: the 1.12.0 sink calls org.apache.kafka.common.utils.AppInfoParser, which Kafka 4.4.0 moved
+# (its tasks fail with ClassNotFoundException). A 4.3.0 worker talks to the 4.4.0 broker of
+# scripts/kafka.sh as any older client does. The older pair FLOE_CONNECT_ICEBERG_VERSION=1.9.2
+# FLOE_CONNECT_KAFKA_VERSION=4.4.0 works too (1.10.0 does not resolve: Maven Central has
+# iceberg-kafka-connect:1.10.0 but not the iceberg-kafka-connect-events:1.10.0 it depends on).
 #
 # The sink jar alone cannot write a table: Iceberg's Kafka Connect distribution (a zip that is not on
 # Maven Central) adds Parquet, a FileIO and catalogs. Here the plugin directory gets iceberg-parquet,
 # Hadoop's shaded client (HadoopFileIO, which reads and writes file:// paths through Hadoop's local
 # file system) and the PostgreSQL and SQLite JDBC drivers, for Iceberg's JdbcCatalog: the same catalog
 # layout as floe's `sql` catalog, so floe can create the table the sink writes. Use it on PostgreSQL
-# (scripts/postgres.sh): on one SQLite file, the sink's table commits failed with SQLITE_BUSY (each
-# task and the commit coordinator open a catalog of their own in the one JVM).
+# (scripts/postgres.sh): on one SQLite file, every table commit of the 1.9.2 sink failed with
+# SQLITE_BUSY (probably because each task and the commit coordinator open a catalog of their own on
+# the one file, in one JVM).
 #
 # A second plugin directory holds one small class of ours, floe.connect.OffsetWithoutColon
-# (kafka-connect/OffsetWithoutColon.java): the sink rejects RFC 3339 timestamps that have both
-# fractional seconds and a +HH:mm offset, which is what floe publish-sample writes; the transformation
-# rewrites the offset to +HHmm, which it accepts (the file says why in detail).
+# (kafka-connect/OffsetWithoutColon.java), for the 1.9.2 sink only: it rejects RFC 3339 timestamps
+# that have both fractional seconds and a +HH:mm offset, which is what floe publish-sample writes
+# (apache/iceberg issue 15838, fixed before 1.12.0); the transformation rewrites the offset to +HHmm.
 #
 # Worker settings (DIR/worker.properties): JSON converters without schemas, as floe reads records;
 # offset.flush.interval.ms is FLOE_CONNECT_FLUSH_MS (default 10000, as in Kafka's own
@@ -39,8 +43,8 @@
 # FLOE_CONNECT_HEAP_OPTS says otherwise.
 set -euo pipefail
 
-KAFKA_VERSION="${FLOE_KAFKA_VERSION:-4.4.0}"
-ICEBERG_VERSION="${FLOE_CONNECT_ICEBERG_VERSION:-1.9.2}"
+KAFKA_VERSION="${FLOE_CONNECT_KAFKA_VERSION:-4.3.0}"
+ICEBERG_VERSION="${FLOE_CONNECT_ICEBERG_VERSION:-1.12.0}"
 HADOOP_VERSION=3.4.1
 SQLITE_JDBC_VERSION=3.50.3.0
 POSTGRES_JDBC_VERSION=42.7.7

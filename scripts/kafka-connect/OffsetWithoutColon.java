@@ -1,11 +1,12 @@
 // A Kafka Connect transformation for the Iceberg sink benchmark (scripts/kafka-connect.sh).
 //
-// The Iceberg sink (1.9.2, and its main branch as of 2026-12) parses a timestamptz string with
-// ISO_LOCAL_DATE_TIME followed by an offset in the form +HHmm, and removes the colon of a +HH:mm
-// offset only when the seconds have no fraction. So it rejects RFC 3339 timestamps such as
-// 2026-11-28T20:19:16.560742+00:00 (what floe publish-sample, chrono and Python's isoformat emit),
-// and the task dies. This transformation rewrites the trailing +HH:mm of the configured fields of a
-// schemaless (Map) value to +HHmm, which the sink accepts; the instant is unchanged.
+// The Iceberg sink 1.9.2 parses a timestamptz string with ISO_LOCAL_DATE_TIME followed by an
+// offset in the form +HHmm, and removes the colon of a +HH:mm offset only when the seconds have no
+// fraction. So it rejects RFC 3339 timestamps such as 2026-11-28T20:19:16.560742+00:00 (what floe
+// publish-sample, chrono and Python's isoformat emit), and the task dies (apache/iceberg issue
+// 15838; the 1.12.0 sink parses them). This transformation rewrites the trailing +HH:mm of the
+// configured fields of a schemaless (Map) value to +HHmm, which the sink accepts; the instant is
+// unchanged.
 //
 //   transforms=offset
 //   transforms.offset.type=floe.connect.OffsetWithoutColon
