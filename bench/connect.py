@@ -108,6 +108,23 @@ def watch(pid, progress, target, alive, what, log_path, timeout):
         time.sleep(0.5)
 
 
+def thread_cpu(pid):
+    """CPU seconds (user+sys) of a live process's threads, grouped by thread name with digits as #
+    (for the JVM: task threads, C1/C2 JIT compiler threads, GC threads; for floe: its workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    groups = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+        except OSError:
+            continue  # the thread ended
+        name = re.sub(r"#+", "#", re.sub(r"\d+", "#", head.split("(", 1)[1]))
+        fields = rest.split()
+        groups[name] = groups.get(name, 0) + (int(fields[11]) + int(fields[12])) / ticks
+    return sorted(groups.items(), key=lambda g: -g[1])
+
+
 def after_first_commit(samples):
     """(rows/s, CPU-s per million rows) from the first poll that saw committed rows to the end: the
     rate once started and warmed up (JVM start, JIT, group join and the first interval excluded)."""
@@ -236,6 +253,7 @@ def main():
             fsamples, fhwm = watch(proc.pid, lambda: ledger_total(pg), args.records, lambda: proc.poll() is None,
                                    "floe run", floe_log, args.timeout)
             fwall, fcpu = time.time() - t0, fsamples[-1][1]
+            fthreads = thread_cpu(proc.pid)
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
 
@@ -279,6 +297,7 @@ def main():
         csamples, chwm = watch(pid, lambda: connect_rows(pg), args.records, lambda: connect_alive(pid, connect_dir),
                                "the Connect worker", connect_log, args.timeout)
         cwall, ccpu = time.time() - t0, csamples[-1][1]
+        cthreads = thread_cpu(pid)
         starter.wait(timeout=60)
         up = re.search(r"^\[([^\],]+),(\d+)\] INFO Kafka Connect started", open(connect_log).read(), re.M)
         cstartup = (time.mktime(time.strptime(up.group(1), "%Y-%m-%d %H:%M:%S")) + int(up.group(2)) / 1000 - t0
@@ -307,6 +326,8 @@ def main():
               f"{steady[0][1] / steady[1][1]:12.2f}x")
         print(f"wall times include startup: the Connect worker logged 'Kafka Connect started' "
               f"{cstartup:.1f} s after it was launched")
+        for name, threads in (("floe", fthreads), ("Connect worker", cthreads)):
+            print(f"CPU by thread, {name}: " + ", ".join(f"{t} {c:.1f} s" for t, c in threads[:8] if c >= 0.1))
         print("independent reader (pyiceberg):")
         for line in checks:
             print("  " + line)
