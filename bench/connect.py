@@ -220,7 +220,7 @@ def main():
     os.chmod(work, 0o755)
     kafka_dir, pg_dir, connect_dir = (os.path.join(work, d) for d in ("kafka", "pg", "connect"))
     warehouse = os.path.join(work, "warehouse")
-    connect_started = False
+    connect_started = finished = False
     try:
         print(f"load average {loadavg()} (1, 5, 15 min) before starting", flush=True)
         bootstrap = script("kafka.sh", "start", kafka_dir)
@@ -331,14 +331,15 @@ def main():
         print("independent reader (pyiceberg):")
         for line in checks:
             print("  " + line)
+        finished = True
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
         if connect_started:
             subprocess.run([os.path.join(REPO, "scripts/kafka-connect.sh"), "stop", connect_dir], capture_output=True)
         subprocess.run([os.path.join(REPO, "scripts/kafka.sh"), "stop", kafka_dir], capture_output=True)
         subprocess.run([os.path.join(REPO, "scripts/postgres.sh"), "stop", pg_dir], capture_output=True)
-        if args.keep:
-            print(f"work directory kept: {work} (floe.log, connect/connect.log, warehouse/)")
+        if args.keep or not finished:
+            print(f"work directory kept: {work} (floe.log, connect/connect.log, warehouse/)", file=sys.stderr)
         else:
             subprocess.run(["rm", "-rf", work])
 
