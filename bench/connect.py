@@ -9,8 +9,9 @@ stopped. Then a standalone Kafka Connect worker (scripts/kafka-connect.sh) runs 
 until that table's current snapshot holds N rows. For each: wall time from process start (startup
 included), rows/s, CPU (user+sys of the process, from /proc) per million rows, peak RSS (VmHWM),
 commits (append snapshots); the same rates counted from the first commit on (without startup and
-warm-up); and the ratios floe/Connect. Afterwards an independent reader (pyiceberg) counts both
-tables: rows, distinct ids, and the sum of the timestamps, which must agree.
+warm-up); each process's CPU by thread; and the ratios floe/Connect. Afterwards an independent
+reader (pyiceberg) reads both tables: rows, distinct ids, and the timestamp of every id, which must
+agree.
 
 Not a test: it asserts only sanity (both tables hold exactly N rows, the same ids and timestamps).
 Run it with the test venv's Python (pyiceberg, psycopg2: scripts/python-env.sh):
