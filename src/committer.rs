@@ -110,7 +110,7 @@ impl Committer {
     /// Checks the fence, writes the files and dead letters, and commits, retrying what fails
     /// transiently for as long as it takes.
     async fn commit(&mut self, s: Sealed) -> Result<Done, LoadError> {
-        let Sealed { ranges, gaps, batch, schema, letters, check_summary, oldest_ms, newest_ms, sealed_at } = s;
+        let Sealed { ranges, gaps, mut batch, schema, letters, check_summary, oldest_ms, newest_ms, sealed_at } = s;
         let rows: usize = batch.iter().map(RecordBatch::num_rows).sum();
         let table = retrying!("loading the table", self.engine.load());
         // The fence, checked before anything is written for this batch: a writer that lost its
@@ -122,7 +122,7 @@ impl Committer {
             return Ok(Done::Fenced { ranges, violations, ledger, table: Box::new(table) });
         }
         let mut staged = if rows > 0 {
-            retrying!("writing data files", self.write(&table, &schema, &batch))
+            retrying!("writing data files", self.write(&table, &schema, &mut batch))
         } else {
             StagedFiles { files: Vec::new(), written_at: Instant::now() }
         };
@@ -177,7 +177,7 @@ impl Committer {
         let (outcome, made) = loop {
             if !staged.files.is_empty() && staged.is_stale() {
                 let now = retrying!("loading the table", self.engine.load());
-                let fresh = retrying!("writing data files again", self.write(&now, &schema, &batch));
+                let fresh = retrying!("writing data files again", self.write(&now, &schema, &mut batch));
                 tracing::warn!(
                     seconds = staged.age().as_secs(),
                     files = fresh.files.len(),
@@ -247,13 +247,13 @@ impl Committer {
         &self,
         table: &LoadedTable,
         schema: &iceberg::spec::SchemaRef,
-        batch: &[RecordBatch],
+        batch: &mut Vec<RecordBatch>,
     ) -> Result<StagedFiles, crate::write::WriteError> {
         crate::write::write_staged(
             self.engine.catalog().file_io(),
             &table.metadata,
             schema,
-            batch.to_vec(),
+            batch,
             self.target_file_size,
             self.workers,
         )
