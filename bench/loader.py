@@ -48,7 +48,7 @@ def proc_stats(pid):
 def ledger_total(floe, cfg):
     out = subprocess.run([floe, "--config", cfg, "table", "describe", "default.events"],
                          capture_output=True, text=True, check=True).stdout
-    m = re.search(r"floe\.ledger\.bench = (\{.*\})", out)
+    m = re.search(r"floe\.ledger\.\S+ = (\{.*\})", out)
     if not m:
         return 0
     return sum(sum(p.values()) for p in json.loads(m.group(1)).values())
@@ -62,8 +62,16 @@ def main():
     target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/floe/target"))
     ap.add_argument("--floe", default=os.path.join(target, "release", "floe"))
     ap.add_argument("--kafka")
+    ap.add_argument("--topic", default="bench")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --kafka: read the records already in --topic (preloaded by an earlier run) instead of preloading")
     ap.add_argument("--perf", action="store_true", help="profile floe with `perf record` and print where its time goes")
     ap.add_argument("--workers", type=int, help="commit.workers (default: the cores available)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (perf.data, the run's log)")
+    ap.add_argument("--kafka-prop", action="append", default=[], metavar="KEY=VALUE",
+                    help="a librdkafka property for floe's consumer (repeatable)")
+    ap.add_argument("--commit-prop", action="append", default=[], metavar="KEY=VALUE",
+                    help="a [commit] key, its VALUE in TOML (repeatable), e.g. max_buffered_bytes='\"64MiB\"'")
     args = ap.parse_args()
     if not os.path.exists(args.floe):
         sys.exit(f"{args.floe} not found: cargo build --release --no-default-features")
@@ -79,16 +87,19 @@ def main():
     try:
         cfg = os.path.join(work, "floe.toml")
         with open(cfg, "w") as f:
+            kafka = "".join(f'"{k}" = "{v}"\n' for k, v in (kv.split("=", 1) for kv in args.kafka_prop))
+            commit = "".join(f"{k} = {v}\n" for k, v in (kv.split("=", 1) for kv in args.commit_prop))
             f.write(f'data_dir = "{work}/data"\n[kafka]\n"bootstrap.servers" = "{bootstrap}"\n'
-                    f'"group.id" = "bench"\n[source]\ntopics = ["bench"]\n[table]\nname = "default.events"\n'
+                    f'"group.id" = "bench-{os.getpid()}-{int(time.time())}"\n{kafka}[source]\ntopics = ["{args.topic}"]\n[table]\nname = "default.events"\n'
                     f'[commit]\ninterval = "{args.interval}"\n'
-                    + (f"workers = {args.workers}\n" if args.workers else ""))
+                    + (f"workers = {args.workers}\n" if args.workers else "") + commit)
         subprocess.run([args.floe, "--config", cfg, "table", "create", TABLE], check=True, capture_output=True)
-        t = time.time()
-        subprocess.run([args.floe, "--config", cfg, "publish-sample", "--topic", "bench",
-                        "--count", str(args.records), "--partitions", str(args.partitions), "--spread", "3d"],
-                       check=True, stdout=subprocess.DEVNULL)
-        print(f"preloaded {args.records} records in {time.time() - t:.1f}s", flush=True)
+        if not args.reuse:
+            t = time.time()
+            subprocess.run([args.floe, "--config", cfg, "publish-sample", "--topic", args.topic,
+                            "--count", str(args.records), "--partitions", str(args.partitions), "--spread", "3d"],
+                           check=True, stdout=subprocess.DEVNULL)
+            print(f"preloaded {args.records} records in {time.time() - t:.1f}s", flush=True)
         payload = sample_payload_bytes(args.floe, cfg, args.records)
 
         log_path = os.path.join(work, "run.log")
@@ -145,7 +156,10 @@ def main():
     finally:
         if started_kafka:
             subprocess.run([os.path.join(REPO, "scripts/kafka.sh"), "stop", f"{work}/kafka"], capture_output=True)
-        subprocess.run(["rm", "-rf", work])
+        if args.keep:
+            print(f"kept {work} (perf.data, run.log)")
+        else:
+            subprocess.run(["rm", "-rf", work])
 
 
 def sample_payload_bytes(floe, cfg, n):

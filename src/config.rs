@@ -1029,8 +1029,10 @@ impl Default for CommitConfig {
 fn default_interval() -> Duration {
     Duration::from_secs(5)
 }
+/// With the consumer's bounded prefetch (source.rs) this keeps the peak RSS of a loader reading a
+/// large backlog under 256 MiB (docs/benchmarks.md).
 fn default_max_buffered() -> u64 {
-    128 << 20
+    64 << 20
 }
 fn default_target_file_size() -> u64 {
     128 << 20
@@ -1916,7 +1918,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("floe-data"));
         assert_eq!(c.catalog_name(), "floe");
         assert_eq!(c.commit.interval, Duration::from_secs(5));
-        assert_eq!(c.commit.max_buffered_bytes, 128 << 20);
+        assert_eq!(c.commit.max_buffered_bytes, 64 << 20);
         assert_eq!(c.commit.target_file_size, 128 << 20);
         assert_eq!(c.source.start, StartPosition::Earliest);
         assert_eq!(c.catalog_uri(), CatalogUri::Sqlite(PathBuf::from("floe-data/catalog.db")));

@@ -389,7 +389,8 @@ impl Loader {
             .and_then(|(_, v)| v.parse::<u64>().ok())
             .map(Duration::from_millis)
             .unwrap_or(Duration::from_secs(45));
-        let (tx, mut events) = mpsc::channel(16);
+        // Up to four runs of records (2,048 each at most) wait for the reader.
+        let (tx, mut events) = mpsc::channel(4);
         let (commands, consumer) = source::spawn(client, self.config.source.subscription(), tx)
             .map_err(|e| LoadError::Config(format!("creating the Kafka consumer: {e}")))?;
         tracing::info!(
@@ -594,6 +595,12 @@ struct State {
 struct Reshaping {
     decode: crate::config::DecodeConfig,
     metadata: crate::config::MetadataConfig,
+}
+
+/// Whether two topic names are the same (the consumer hands out one `Arc` per topic, so this is
+/// mostly a pointer comparison).
+fn same_topic(a: &str, b: &str) -> bool {
+    std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len() || a == b
 }
 
 /// A decoder for `schema` with the configured reshaping and metadata columns, or an error naming
@@ -801,7 +808,7 @@ impl State {
                 let mut read: Vec<(Arc<str>, i32, u64, u64)> = Vec::new();
                 for r in &records {
                     let bytes = r.value.as_ref().map_or(0, |v| v.len()) as u64;
-                    match read.iter_mut().find(|(t, p, _, _)| *p == r.partition && **t == *r.topic) {
+                    match read.iter_mut().find(|(t, p, _, _)| *p == r.partition && same_topic(t, &r.topic)) {
                         Some(entry) => {
                             entry.2 += 1;
                             entry.3 += bytes;
@@ -818,7 +825,7 @@ impl State {
                 // Records come in runs of one partition: its key is made once per run.
                 let mut tp = TopicPartition::new("", -1);
                 for r in &records {
-                    if tp.partition != r.partition || *tp.topic != *r.topic {
+                    if tp.partition != r.partition || !same_topic(&tp.topic, &r.topic) {
                         tp = TopicPartition::new(&*r.topic, r.partition);
                     }
                     self.record(&tp, r).await?;
@@ -1194,7 +1201,7 @@ impl State {
         let mut keys: Vec<TopicPartition> = Vec::new();
         let mut accepted: Vec<(usize, usize)> = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
-            if keys.last().is_none_or(|tp| tp.partition != r.partition || *tp.topic != *r.topic) {
+            if keys.last().is_none_or(|tp| tp.partition != r.partition || !same_topic(&tp.topic, &r.topic)) {
                 keys.push(TopicPartition::new(&*r.topic, r.partition));
             }
             let k = keys.len() - 1;

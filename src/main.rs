@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc rather than glibc's malloc: see Cargo.toml and docs/benchmarks.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use floe::catalog::Catalog;
 use floe::config::{Config, ConfigError};
 use floe::sample::{PublishOptions, publish};

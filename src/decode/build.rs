@@ -895,6 +895,11 @@ impl Validity {
         self.nulls += usize::from(!valid);
     }
 
+    /// Memory held (one byte per value until finished).
+    fn capacity(&self) -> usize {
+        self.valid.capacity()
+    }
+
     fn len(&self) -> usize {
         self.valid.len()
     }
@@ -1050,24 +1055,24 @@ impl Col {
     }
 
     pub fn buffered_bytes(&self) -> usize {
-        let own = self.validity.len();
+        let own = self.validity.capacity();
         own + match &self.data {
-            Data::Bool(v) => v.len(),
-            Data::Int(v) | Data::Date(v) => v.len() * 4,
-            Data::Long(v) | Data::Time(v) | Data::Timestamp { v, .. } => v.len() * 8,
-            Data::Float(v) => v.len() * 4,
-            Data::Double(v) => v.len() * 8,
-            Data::Decimal { v, .. } => v.len() * 16,
-            Data::String { offsets, data } => (offsets.len() - 1) * 4 + data.len(),
-            Data::Binary { offsets, data } => (offsets.len() - 1) * 8 + data.len(),
-            Data::Uuid(v) | Data::Fixed { data: v, .. } => v.len(),
-            Data::List { offsets, elem } => (offsets.len() - 1) * 4 + elem.buffered_bytes(),
+            Data::Bool(v) => v.capacity(),
+            Data::Int(v) | Data::Date(v) => v.capacity() * 4,
+            Data::Long(v) | Data::Time(v) | Data::Timestamp { v, .. } => v.capacity() * 8,
+            Data::Float(v) => v.capacity() * 4,
+            Data::Double(v) => v.capacity() * 8,
+            Data::Decimal { v, .. } => v.capacity() * 16,
+            Data::String { offsets, data } => offsets.capacity() * 4 + data.capacity(),
+            Data::Binary { offsets, data } => offsets.capacity() * 8 + data.capacity(),
+            Data::Uuid(v) | Data::Fixed { data: v, .. } => v.capacity(),
+            Data::List { offsets, elem } => offsets.capacity() * 4 + elem.buffered_bytes(),
             Data::Map {
                 offsets,
                 key,
                 value,
                 ..
-            } => (offsets.len() - 1) * 4 + key.buffered_bytes() + value.buffered_bytes(),
+            } => offsets.capacity() * 4 + key.buffered_bytes() + value.buffered_bytes(),
             Data::Struct(s) => s.buffered_bytes(),
         }
     }

