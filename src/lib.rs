@@ -6,6 +6,7 @@
 
 pub mod alter;
 pub mod aws;
+mod blocking;
 pub mod catalog;
 pub mod checks;
 pub mod commit;

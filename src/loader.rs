@@ -1177,7 +1177,8 @@ impl State {
     /// rows decoded from it on are dropped, and it and every record after it are read one by one
     /// on this task, as [`record`](Self::record) reads them.
     async fn records_in_parallel(&mut self, records: &[Record]) -> Result<(), LoadError> {
-        if self.pool.as_ref().is_none_or(|p| p.schema_id() != self.decoder.schema_id()) {
+        // Built for the decoder's schema; `follow_schema` drops it when the schema changes.
+        if self.pool.is_none() {
             let mut decoders = Vec::with_capacity(self.decode_workers);
             for _ in 0..self.decode_workers {
                 decoders.push(
@@ -1211,9 +1212,7 @@ impl State {
         }
         let raws: Vec<_> = accepted.iter().map(|&(i, _)| records[i].raw()).collect();
         let pool = self.pool.as_mut().expect("built above");
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let chunks = if multi_thread { tokio::task::block_in_place(|| pool.decode(&raws)) } else { pool.decode(&raws) };
+        let chunks = crate::blocking::run(|| pool.decode(&raws));
         drop(raws);
         let mut at = 0;
         let mut rest = None;

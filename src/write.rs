@@ -324,9 +324,7 @@ async fn write_groups(
     // threads of their own (at most `workers` at once), off the runtime's worker threads, which
     // stay free for the reader and the consumer's events. Elsewhere (tests on a current-thread
     // runtime) they are written in turn.
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if !multi_thread || workers <= 1 {
+    if !crate::blocking::can_block_in_place() || workers <= 1 {
         let mut files = Vec::new();
         for (key, parts) in groups {
             files.extend(write_group(&builder, key, parts).await.map_err(io_err)?);
@@ -355,7 +353,7 @@ async fn write_groups(
             Ok::<_, iceberg::Error>(files)
         })
     };
-    let results: Vec<iceberg::Result<Vec<DataFile>>> = tokio::task::block_in_place(|| {
+    let results: Vec<iceberg::Result<Vec<DataFile>>> = crate::blocking::run(|| {
         if lane_groups.len() == 1 {
             return lane_groups.into_iter().map(write_lane).collect();
         }

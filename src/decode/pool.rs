@@ -48,15 +48,6 @@ impl Pool {
         Pool { decoders }
     }
 
-    pub fn workers(&self) -> usize {
-        self.decoders.len()
-    }
-
-    /// The id of the schema the pool's decoders read by.
-    pub fn schema_id(&self) -> i32 {
-        self.decoders[0].schema_id()
-    }
-
     /// Decodes `records` in consecutive chunks (at most one per decoder, at least [`MIN_CHUNK`]
     /// records each, the first on the calling thread). Blocks until all are done.
     pub fn decode(&mut self, records: &[RawRecord<'_>]) -> Vec<Chunk> {

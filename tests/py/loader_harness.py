@@ -866,3 +866,17 @@ def assert_snapshot_ranges_tile(table, topic: str, ends: dict[int, int]) -> int:
         problems.append(f"snapshots cover partitions {sorted(unknown)} that the topic does not have")
     assert not problems, "snapshot offset ranges are not an exact tiling:\n  " + "\n  ".join(problems)
     return floe_snapshots
+
+
+def wait_ledger(p: Pipeline, ends: dict[int, int], timeout: float, alive=()) -> None:
+    """Waits until the table's ledger for the pipeline is exactly `ends` (the topic's end offsets)."""
+    def check():
+        try:
+            got = p.ledger()
+        except Exception as e:  # noqa: BLE001 - a poll (SQLite briefly locked)
+            raise NotYet(repr(e)) from e
+        if got != ends:
+            raise NotYet(f"ledger {got}, topic ends {ends}")
+        return True
+
+    wait_until(f"the ledger to reach the topic's ends {ends}", check, timeout, interval=0.5, alive=alive)

@@ -24,7 +24,6 @@ import pytest
 from loader_harness import (
     EVENTS_DDL,
     KafkaRecord,
-    NotYet,
     Pipeline,
     assert_each_id_once,
     assert_rows_equal,
@@ -33,7 +32,7 @@ from loader_harness import (
     read_topic,
     ts_micros,
     unique,
-    wait_until,
+    wait_ledger,
 )
 
 # `id` NOT NULL: a record without it is a dead letter (missing-required), so all five of
@@ -251,19 +250,6 @@ def assert_dlq_table(p: Pipeline, src: Source, since: datetime) -> None:
         problems.insert(0, f"{len(missing)} bad records not in the table, first ones: {missing[:10]}")
     assert not problems, (f"dead-letter table {DLQ_TABLE}: {len(rows)} rows for {len(src.bad)} bad records; "
                           f"{len(problems)} problems, first ones:\n  " + "\n  ".join(problems[:30]))
-
-
-def wait_ledger(p: Pipeline, ends: dict[int, int], timeout: float, alive=()) -> None:
-    def check():
-        try:
-            got = p.ledger()
-        except Exception as e:  # noqa: BLE001 - a poll (SQLite briefly locked)
-            raise NotYet(repr(e)) from e
-        if got != ends:
-            raise NotYet(f"ledger {got}, topic ends {ends}")
-        return True
-
-    wait_until(f"the ledger to reach the topic's ends {ends}", check, timeout, interval=0.5, alive=alive)
 
 
 def assert_table_holds_good_ids(p: Pipeline, src: Source) -> None:

@@ -130,7 +130,7 @@ def test_parallel_decoding_writes_what_one_thread_writes(tmp_path, floe_bin, kaf
     threads; the table must come out as one thread makes it: the same rows, the same dead letters
     (bad records and rows a dead_letter check sets aside), the same columns added by auto_evolve
     in the middle of a run, with the values of the records that brought them."""
-    from loader_harness import NotYet, create_topic, end_offsets, produce_json, wait_until
+    from loader_harness import create_topic, end_offsets, produce_json, wait_ledger
 
     one = Pipeline(tmp_path / "one", floe_bin, kafka_bootstrap, procs, prefix="floe-dec1")
     four = Pipeline(tmp_path / "four", floe_bin, kafka_bootstrap, procs, prefix="floe-dec4")
@@ -159,16 +159,7 @@ def test_parallel_decoding_writes_what_one_thread_writes(tmp_path, floe_bin, kaf
                        schema={"auto_evolve": True}, extra=CHECK)
         p.create_table()
         loader = p.start_loader(log="debug")
-        def caught_up(p=p):
-            try:
-                got = p.ledger()
-            except Exception as e:  # noqa: BLE001 - a poll (SQLite briefly locked)
-                raise NotYet(repr(e)) from e
-            if got != ends:
-                raise NotYet(f"ledger {got}, topic ends {ends}")
-            return True
-
-        wait_until("the ledger to reach the topic's ends", caught_up, 120, alive=[loader])
+        wait_ledger(p, ends, timeout=120, alive=[loader])
         loader.sigterm_ok()
         table = p.table()
         columns = [f.name for f in table.schema().fields]
