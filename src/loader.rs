@@ -739,8 +739,9 @@ impl State {
         }
     }
 
-    /// The loader's timer: gauges, the live status, the heartbeat alert.
-    fn tick(&mut self) {
+    /// The live status and gauges: on every tick, and as soon as partitions are assigned or
+    /// revoked (so `/ready` and the status page do not wait a tick to see them).
+    fn show_live(&self) {
         let partitions: Vec<PartitionLive> = self
             .partitions
             .iter()
@@ -754,6 +755,11 @@ impl State {
             })
             .collect();
         telemetry::loader_tick(&self.live, &self.table_label, self.decoded_bytes(), &partitions);
+    }
+
+    /// The loader's timer: gauges, the live status, the heartbeat alert.
+    fn tick(&mut self) {
+        self.show_live();
         if let Some(max_idle) = self.max_idle
             && self.waiting_since.is_none()
         {
@@ -840,6 +846,7 @@ impl State {
             }
             Event::Assigned { partitions, reply } => {
                 let starts = self.assign(partitions).await?;
+                self.show_live();
                 let _ = reply.send(starts);
             }
             Event::Revoked { partitions, done } => {
@@ -849,6 +856,7 @@ impl State {
                     self.partitions.remove(tp);
                 }
                 telemetry::partitions_revoked(&partitions);
+                self.show_live();
                 if self.partitions.is_empty() {
                     self.waiting_since = Some(Instant::now());
                 }

@@ -388,7 +388,8 @@ def test_a_failed_pipeline_does_not_stop_the_others_unless_configured(tmp_path, 
     b.wait_rows(30, timeout=60, alive=[loader])
     status, body = get(addr, "/ready")
     assert status == 503 and a.group in body and "stopped on an error" in body, (status, body)
-    assert get(addr, f"/ready?pipeline={b.group}")[0] == 200
+    status, body = get(addr, f"/ready?pipeline={b.group}")
+    assert status == 200, (status, body)
     one = json.loads(get(addr, f"/status.json?pipeline={a.group}")[1])
     assert one["failed"] and "offset 19" in one["failed"], one
     st = floe(floe_bin, config, "--pipeline", a.group, "status", "--json")
