@@ -754,7 +754,7 @@ impl State {
                 end: p.end,
             })
             .collect();
-        telemetry::loader_tick(&self.live, &self.table_label, self.decoded_bytes(), &partitions);
+        telemetry::loader_state(&self.live, &self.table_label, self.decoded_bytes(), &partitions);
     }
 
     /// The loader's timer: gauges, the live status, the heartbeat alert.

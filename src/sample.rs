@@ -150,22 +150,64 @@ impl Default for PublishOptions {
     }
 }
 
+/// The values of one sample record, a pure function of its id: what [`sample_record`] and
+/// [`write_sample_record`] both write.
+struct SampleValues {
+    h: u64,
+    /// The length of the record's lists and map.
+    n: usize,
+}
+
+impl SampleValues {
+    const STRINGS: [&'static str; 6] = ["a", "b", "c", "ünï", "\"q\"", "x y"];
+
+    fn of(id: u64) -> Self {
+        let h = mix(id);
+        SampleValues { h, n: (h % 5) as usize }
+    }
+    fn bool(&self) -> bool {
+        self.h & 1 == 0
+    }
+    fn floating(&self) -> f64 {
+        (self.h % 10_000) as f64 / 100.0
+    }
+    fn bools(&self, i: usize) -> bool {
+        (self.h >> i) & 1 == 1
+    }
+    fn floatings(&self, i: usize) -> f64 {
+        ((self.h >> (8 * i)) % 1000) as f64 / 100.0
+    }
+    fn integers(&self, i: usize) -> i64 {
+        ((self.h >> (4 * i)) % 100_000) as i64 - 50_000
+    }
+    fn strings(&self, i: usize) -> &'static str {
+        Self::STRINGS[(self.h as usize + i) % Self::STRINGS.len()]
+    }
+    /// The number in the map's `i`-th value, `v<number>` (its key is `k<i>`).
+    fn map_value(&self, i: usize) -> u64 {
+        (self.h >> i) % 97
+    }
+    /// The number in `nested.key`, `key <number>`.
+    fn nested_key(&self) -> u64 {
+        self.h % 1000
+    }
+}
+
 /// A good sample record of the seed's shape, plus an `id` field.
 pub fn sample_record(id: u64, ts: DateTime<FixedOffset>) -> Value {
-    let h = mix(id);
-    let n = (h % 5) as usize;
+    let v = SampleValues::of(id);
     json!({
         "id": id,
-        "bool": h & 1 == 0,
-        "floating": (h % 10_000) as f64 / 100.0,
+        "bool": v.bool(),
+        "floating": v.floating(),
         "integer": id,
         "string": format!("value {id}"),
-        "bools": (0..n).map(|i| (h >> i) & 1 == 1).collect::<Vec<_>>(),
-        "floatings": (0..n).map(|i| ((h >> (8 * i)) % 1000) as f64 / 100.0).collect::<Vec<_>>(),
-        "integers": (0..n).map(|i| ((h >> (4 * i)) % 100_000) as i64 - 50_000).collect::<Vec<_>>(),
-        "strings": (0..n).map(|i| ["a", "b", "c", "ünï", "\"q\"", "x y"][(h as usize + i) % 6]).collect::<Vec<_>>(),
-        "string_map": (0..n).map(|i| (format!("k{i}"), Value::from(format!("v{}", (h >> i) % 97)))).collect::<serde_json::Map<String, Value>>(),
-        "nested": {"key": format!("key {}", h % 1000), "value": id as i64},
+        "bools": (0..v.n).map(|i| v.bools(i)).collect::<Vec<_>>(),
+        "floatings": (0..v.n).map(|i| v.floatings(i)).collect::<Vec<_>>(),
+        "integers": (0..v.n).map(|i| v.integers(i)).collect::<Vec<_>>(),
+        "strings": (0..v.n).map(|i| v.strings(i)).collect::<Vec<_>>(),
+        "string_map": (0..v.n).map(|i| (format!("k{i}"), Value::from(format!("v{}", v.map_value(i))))).collect::<serde_json::Map<String, Value>>(),
+        "nested": {"key": format!("key {}", v.nested_key()), "value": id as i64},
         "timestamp": ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, false),
     })
 }
@@ -175,14 +217,10 @@ pub fn sample_record(id: u64, ts: DateTime<FixedOffset>) -> Value {
 /// machine's few cores can produce at (about a third of what building the value costs).
 pub fn write_sample_record(out: &mut Vec<u8>, id: u64, ts: DateTime<FixedOffset>) {
     use std::io::Write as _;
-    // The strings' JSON texts, escaped once (serde_json escapes quotes, not non-ASCII letters).
-    const STRINGS: [&str; 6] = ["\"a\"", "\"b\"", "\"c\"", "\"ünï\"", "\"\\\"q\\\"\"", "\"x y\""];
-    let h = mix(id);
-    let n = (h % 5) as usize;
-    let float = |out: &mut Vec<u8>, f: f64| serde_json::to_writer(&mut *out, &f).expect("writing to a Vec");
+    let v = SampleValues::of(id);
     let list = |out: &mut Vec<u8>, item: &mut dyn FnMut(&mut Vec<u8>, usize)| {
         out.push(b'[');
-        for i in 0..n {
+        for i in 0..v.n {
             if i > 0 {
                 out.push(b',');
             }
@@ -191,27 +229,30 @@ pub fn write_sample_record(out: &mut Vec<u8>, id: u64, ts: DateTime<FixedOffset>
         out.push(b']');
     };
     // serde_json's map keeps keys sorted: the fields in that order.
-    let _ = write!(out, "{{\"bool\":{},\"bools\":", h & 1 == 0);
-    list(out, &mut |out, i| out.extend_from_slice(if (h >> i) & 1 == 1 { b"true" } else { b"false" }));
+    let _ = write!(out, "{{\"bool\":{},\"bools\":", v.bool());
+    list(out, &mut |out, i| json(out, v.bools(i)));
     out.extend_from_slice(b",\"floating\":");
-    float(out, (h % 10_000) as f64 / 100.0);
+    json(out, v.floating());
     out.extend_from_slice(b",\"floatings\":");
-    list(out, &mut |out, i| float(out, ((h >> (8 * i)) % 1000) as f64 / 100.0));
+    list(out, &mut |out, i| json(out, v.floatings(i)));
     let _ = write!(out, ",\"id\":{id},\"integer\":{id},\"integers\":");
-    list(out, &mut |out, i| {
-        let _ = write!(out, "{}", ((h >> (4 * i)) % 100_000) as i64 - 50_000);
-    });
+    list(out, &mut |out, i| json(out, v.integers(i)));
     let _ = write!(
         out,
         ",\"nested\":{{\"key\":\"key {}\",\"value\":{id}}},\"string\":\"value {id}\",\"string_map\":{{",
-        h % 1000
+        v.nested_key()
     );
-    for i in 0..n {
-        let _ = write!(out, "{}\"k{i}\":\"v{}\"", if i > 0 { "," } else { "" }, (h >> i) % 97);
+    for i in 0..v.n {
+        let _ = write!(out, "{}\"k{i}\":\"v{}\"", if i > 0 { "," } else { "" }, v.map_value(i));
     }
     out.extend_from_slice(b"},\"strings\":");
-    list(out, &mut |out, i| out.extend_from_slice(STRINGS[(h as usize + i) % 6].as_bytes()));
+    list(out, &mut |out, i| json(out, v.strings(i)));
     let _ = write!(out, ",\"timestamp\":\"{}\"}}", ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, false));
+}
+
+/// One value as serde_json writes it (its float format, its escapes).
+fn json(out: &mut Vec<u8>, value: impl serde::Serialize) {
+    serde_json::to_writer(out, &value).expect("writing to a Vec");
 }
 
 /// The seed's record exactly as the seed shows it, stamped with `ts`.
@@ -348,13 +389,13 @@ pub fn publish(
             payload.extend_from_slice(&bad_record(id, kind, ts));
             Some(BAD_KINDS[kind])
         } else if opts.count == 1 && opts.bad_every.is_none() && opts.first_id == 1 {
-            payload.extend_from_slice(shaped(seed_record(ts), opts.shape, id, ts).to_string().as_bytes());
+            json(&mut payload, shaped(seed_record(ts), opts.shape, id, ts));
             None
         } else if opts.shape == Shape::Seed {
             write_sample_record(&mut payload, id, ts);
             None
         } else {
-            payload.extend_from_slice(shaped(sample_record(id, ts), opts.shape, id, ts).to_string().as_bytes());
+            json(&mut payload, shaped(sample_record(id, ts), opts.shape, id, ts));
             None
         };
         let key = id.to_string();

@@ -212,8 +212,9 @@ pub fn check_failed(live: &Live, table: &str, check: &str, action: &str, rows: u
     s.last_check_failure = Some(format!("{check}: {example}"));
 }
 
-/// Per-second gauges of the loader, set from its timer.
-pub fn loader_tick(live: &Live, table: &str, buffered_bytes: usize, partitions: &[PartitionLive]) {
+/// The loader's gauges and live status: set from its timer, and at once when partitions are
+/// assigned or revoked.
+pub fn loader_state(live: &Live, table: &str, buffered_bytes: usize, partitions: &[PartitionLive]) {
     metrics::gauge!(names::BUFFERED_BYTES, "table" => table.to_owned()).set(buffered_bytes as f64);
     metrics::gauge!(names::ASSIGNED_PARTITIONS, "table" => table.to_owned()).set(partitions.len() as f64);
     for p in partitions {
@@ -582,7 +583,7 @@ mod tests {
     fn ready_needs_partitions_and_a_commit_that_did_not_fail() {
         let live = Live::new("p", "default.t", &["t".into()]);
         assert!(live.ready().unwrap_err().contains("no partition"));
-        loader_tick(&live, "default.t", 0, &[part(Some(1), None, Some(1))]);
+        loader_state(&live, "default.t", 0, &[part(Some(1), None, Some(1))]);
         assert!(live.ready().is_ok());
         commit_failing(&live, "default.t", &"catalog down");
         assert!(live.ready().unwrap_err().contains("catalog down"));
@@ -615,7 +616,7 @@ mod tests {
         let a = std::sync::Arc::new(Live::new("a", "ns.a", &["ta".into()]));
         let b = std::sync::Arc::new(Live::new("b", "ns.b", &["tb".into()]));
         for l in [&a, &b] {
-            loader_tick(l, "t", 0, &[part(Some(1), None, Some(1))]);
+            loader_state(l, "t", 0, &[part(Some(1), None, Some(1))]);
         }
         let both = [a.clone(), b.clone()];
         assert!(ready_of(&both).is_ok() && health_of(&both).is_ok());
